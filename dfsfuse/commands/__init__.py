@@ -1,0 +1,1 @@
+"""Subcommands of the ``dfsfuse`` CLI, one module each (see :mod:`dfsfuse.cli`)."""

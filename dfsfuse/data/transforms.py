@@ -1,0 +1,103 @@
+"""Paired transforms: one random draw applied to IR, VIS (Y and CbCr) and label alike."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .pairs import Sample
+
+IMAGE_KEYS = ("ir", "vis_y", "vis_cbcr")
+LABEL_KEY = "label"
+
+
+def _spatial_keys(sample: Sample):
+    return [k for k in (*IMAGE_KEYS, LABEL_KEY) if k in sample]
+
+
+def _randint(high: int, generator: Optional[torch.Generator]) -> int:
+    return int(torch.randint(high, (1,), generator=generator)) if high > 0 else 0
+
+
+class PairedRandomCrop:
+    """Crop the same random window from every image and the label.
+
+    Samples smaller than ``size`` are first padded: images by reflection (zeros if too small
+    to reflect), labels with ``ignore_index`` so the padding is never learnt as a class.
+    """
+
+    def __init__(self, size: Union[int, Tuple[int, int]], ignore_index: int = 255,
+                 generator: Optional[torch.Generator] = None) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.ignore_index = ignore_index
+        self.generator = generator
+
+    def _pad(self, sample: Sample, h: int, w: int) -> Sample:
+        ph, pw = max(0, self.size[0] - h), max(0, self.size[1] - w)
+        if ph == 0 and pw == 0:
+            return sample
+        pad = (0, pw, 0, ph)
+        mode = "reflect" if ph < h and pw < w else "constant"
+        out = dict(sample)
+        for key in IMAGE_KEYS:
+            if key in sample:
+                out[key] = F.pad(sample[key].unsqueeze(0), pad, mode=mode).squeeze(0)
+        if LABEL_KEY in sample:
+            out[LABEL_KEY] = F.pad(sample[LABEL_KEY], pad, value=self.ignore_index)
+        return out
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["ir"].shape[-2:]
+        sample = self._pad(sample, h, w)
+        h, w = sample["ir"].shape[-2:]
+        top = _randint(h - self.size[0] + 1, self.generator)
+        left = _randint(w - self.size[1] + 1, self.generator)
+        out = dict(sample)
+        for key in _spatial_keys(sample):
+            out[key] = sample[key][..., top:top + self.size[0], left:left + self.size[1]]
+        return out
+
+
+class PairedRandomFlip:
+    """Flip every image and the label horizontally (and optionally vertically) together."""
+
+    def __init__(self, p_horizontal: float = 0.5, p_vertical: float = 0.0,
+                 generator: Optional[torch.Generator] = None) -> None:
+        self.p_horizontal = p_horizontal
+        self.p_vertical = p_vertical
+        self.generator = generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        draws = torch.rand(2, generator=self.generator)
+        dims = []
+        if draws[0] < self.p_horizontal:
+            dims.append(-1)
+        if draws[1] < self.p_vertical:
+            dims.append(-2)
+        if not dims:
+            return sample
+        out = dict(sample)
+        for key in _spatial_keys(sample):
+            out[key] = torch.flip(sample[key], dims)
+        return out
+
+
+class Compose:
+    """Apply sample transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+def train_transform(crop: Optional[int], hflip: float = 0.5, vflip: float = 0.0) -> Compose:
+    """The usual training augmentation: random crop (if ``crop``) then random flips."""
+    steps = [PairedRandomCrop(crop)] if crop else []
+    steps.append(PairedRandomFlip(hflip, vflip))
+    return Compose(steps)

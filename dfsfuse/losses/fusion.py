@@ -1,0 +1,157 @@
+"""Fusion losses (intensity, Sobel gradient, SSIM) and the weighted-mean helpers every loss shares.
+
+Convention for the whole ``dfsfuse.losses`` package: a *composite* loss returns
+``dict[str, Tensor]`` of already-weighted scalar terms whose sum is the loss (terms whose
+weight is 0 are left out, not computed); single terms are plain functions/modules that
+return one scalar. Per-pixel weight maps are ``B×1×H×W`` and reduce as
+``sum(w·l) / sum(w)`` (see :func:`weighted_mean`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "resize_weight",
+    "weighted_mean",
+    "sobel_gradients",
+    "gradient_magnitude",
+    "ssim_map",
+    "intensity_loss",
+    "gradient_loss",
+    "ssim_loss",
+    "FusionLoss",
+]
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_EPS = 1e-12
+
+
+def resize_weight(weight: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Resize a ``B×1×H×W`` weight map to ``size``: area average when shrinking, bilinear otherwise."""
+    size = (int(size[0]), int(size[1]))
+    h, w = weight.shape[-2:]
+    if (h, w) == size:
+        return weight
+    if h >= size[0] and w >= size[1]:
+        return F.adaptive_avg_pool2d(weight, size)
+    return F.interpolate(weight, size=size, mode="bilinear", align_corners=False)
+
+
+def weighted_mean(loss_map: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean of a ``B×C×H×W`` loss map, or ``sum(w·l) / (C·sum(w))`` with a ``B×1×h×w`` weight map.
+
+    The weight is broadcast over channels and resized to the loss map's size with
+    :func:`resize_weight` when needed, so a map of ones gives exactly the plain mean and a
+    map that is zero outside a region averages over that region only.
+    """
+    if weight is None:
+        return loss_map.mean()
+    if weight.ndim != 4 or weight.shape[1] != 1 or weight.shape[0] != loss_map.shape[0]:
+        raise ValueError(
+            f"weight must be B×1×H×W with B={loss_map.shape[0]}, got {tuple(weight.shape)}"
+        )
+    weight = resize_weight(weight.to(loss_map.dtype), loss_map.shape[-2:])
+    den = weight.sum() * loss_map.shape[1]
+    return (loss_map * weight).sum() / den.clamp_min(_EPS)
+
+
+def sobel_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel Sobel derivatives ``(gx, gy)`` of ``B×C×H×W`` ``x``, same size as ``x``.
+
+    Borders use replicate padding, so a constant image has zero gradient everywhere
+    (zero padding would invent edges along the frame). Matches
+    ``scipy.ndimage.sobel(x, axis=-1 / -2, mode="nearest")``.
+    """
+    c = x.shape[1]
+    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)  # (2C)×1×3×3
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels, groups=c)
+    return g[:, 0::2], g[:, 1::2]
+
+
+def gradient_magnitude(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude ``|Gx| + |Gy|`` (L1 form), same shape as ``x``."""
+    gx, gy = sobel_gradients(x)
+    return gx.abs() + gy.abs()
+
+
+def _gaussian_blur(x: Tensor, window_size: int, sigma: float) -> Tensor:
+    coords = torch.arange(window_size, device=x.device, dtype=x.dtype) - (window_size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c, r = x.shape[1], window_size // 2
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim_map(
+    x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0
+) -> Tensor:
+    """Per-pixel SSIM of ``x`` and ``y`` (``B×C×H×W``) with a Gaussian window, same size as the inputs.
+
+    Population (biased) local statistics as in Wang et al. 2004 and
+    ``skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)``;
+    borders use replicate padding instead of cropping so any size works and the map can be
+    weighted pixel by pixel. Computed in float32.
+    """
+    if window_size % 2 != 1:
+        raise ValueError(f"window_size must be odd, got {window_size}")
+    x, y = x.float(), y.float()
+    c = x.shape[1]
+    stats = _gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window_size, sigma)
+    mu_x, mu_y, xx, yy, xy = stats.split(c, dim=1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return num / den
+
+
+def intensity_loss(fused: Tensor, ir: Tensor, vis_y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``mean |F − max(I_ir, Y_vis)|`` (weighted mean with a weight map)."""
+    return weighted_mean((fused - torch.maximum(ir, vis_y)).abs(), weight)
+
+
+def gradient_loss(fused: Tensor, ir: Tensor, vis_y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``mean | |∇F| − max(|∇I_ir|, |∇Y_vis|) |`` with Sobel ``|∇| = |Gx| + |Gy|``."""
+    target = torch.maximum(gradient_magnitude(ir), gradient_magnitude(vis_y))
+    return weighted_mean((gradient_magnitude(fused) - target).abs(), weight)
+
+
+def ssim_loss(fused: Tensor, ir: Tensor, vis_y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``1 − (SSIM(F, I_ir) + SSIM(F, Y_vis)) / 2`` (11×11 Gaussian, σ=1.5, data range 1)."""
+    s = (ssim_map(fused, ir) + ssim_map(fused, vis_y)) / 2
+    return weighted_mean(1 - s, weight)
+
+
+class FusionLoss(nn.Module):
+    """Unsupervised fusion loss: intensity + Sobel gradient (+ optional SSIM).
+
+    ``forward(fused, ir, vis_y, weight=None)`` returns ``{"intensity", "gradient", "ssim"}``
+    as already-weighted scalars; a term whose weight is 0 is absent. The loss is the sum.
+    """
+
+    def __init__(self, w_intensity: float = 1.0, w_gradient: float = 1.0, w_ssim: float = 0.0):
+        super().__init__()
+        if min(w_intensity, w_gradient, w_ssim) < 0:
+            raise ValueError("fusion loss weights must be non-negative")
+        self.w_intensity, self.w_gradient, self.w_ssim = w_intensity, w_gradient, w_ssim
+
+    def forward(
+        self, fused: Tensor, ir: Tensor, vis_y: Tensor, weight: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        if self.w_intensity:
+            terms["intensity"] = self.w_intensity * intensity_loss(fused, ir, vis_y, weight)
+        if self.w_gradient:
+            terms["gradient"] = self.w_gradient * gradient_loss(fused, ir, vis_y, weight)
+        if self.w_ssim:
+            terms["ssim"] = self.w_ssim * ssim_loss(fused, ir, vis_y, weight)
+        return terms
+
+    def extra_repr(self) -> str:
+        return f"w_intensity={self.w_intensity}, w_gradient={self.w_gradient}, w_ssim={self.w_ssim}"
