@@ -1,4 +1,9 @@
-"""Paired transforms: one random draw applied to IR, VIS (Y and CbCr) and label alike."""
+"""Paired transforms: one random draw applied to IR, VIS (Y and CbCr) and label alike.
+
+Each transform draws from the ``generator`` passed at call time, else the one given at
+construction, else torch's global RNG; training passes a per-sample generator so that
+augmentation does not depend on process count or worker layout.
+"""
 
 from __future__ import annotations
 
@@ -48,12 +53,13 @@ class PairedRandomCrop:
             out[LABEL_KEY] = F.pad(sample[LABEL_KEY], pad, value=self.ignore_index)
         return out
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        g = generator or self.generator
         h, w = sample["ir"].shape[-2:]
         sample = self._pad(sample, h, w)
         h, w = sample["ir"].shape[-2:]
-        top = _randint(h - self.size[0] + 1, self.generator)
-        left = _randint(w - self.size[1] + 1, self.generator)
+        top = _randint(h - self.size[0] + 1, g)
+        left = _randint(w - self.size[1] + 1, g)
         out = dict(sample)
         for key in _spatial_keys(sample):
             out[key] = sample[key][..., top:top + self.size[0], left:left + self.size[1]]
@@ -69,8 +75,8 @@ class PairedRandomFlip:
         self.p_vertical = p_vertical
         self.generator = generator
 
-    def __call__(self, sample: Sample) -> Sample:
-        draws = torch.rand(2, generator=self.generator)
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        draws = torch.rand(2, generator=generator or self.generator)
         dims = []
         if draws[0] < self.p_horizontal:
             dims.append(-1)
@@ -90,9 +96,9 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
         for t in self.transforms:
-            sample = t(sample)
+            sample = t(sample, generator=generator) if generator is not None else t(sample)
         return sample
 
 

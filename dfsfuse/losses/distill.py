@@ -14,7 +14,7 @@ from einops import rearrange
 from pytorch_wavelets import DWTForward
 from torch import Tensor, nn
 
-from .fusion import weighted_mean
+from .fusion import no_autocast, weighted_mean
 
 __all__ = ["output_distill", "standardize_features", "FeatureDistillLoss", "FrequencyDistillLoss"]
 
@@ -107,7 +107,7 @@ class FrequencyDistillLoss(nn.Module):
     ``pytorch_wavelets.DWTForward`` (any H, W; odd sizes are padded by ``mode``). A weight
     map is area-averaged down to each sub-band's size. Returns one scalar. With an
     orthonormal wavelet the LL band grows by 2 per level, so ``w_low`` may need lowering
-    for ``levels > 1``. Computed in float32.
+    for ``levels > 1``. Computed in the filters' dtype (float32) with autocast off.
     """
 
     def __init__(
@@ -130,10 +130,12 @@ class FrequencyDistillLoss(nn.Module):
         self.w_low, self.w_high = w_low, w_high
 
     def forward(self, student_fused: Tensor, teacher_fused: Tensor, weight: Tensor | None = None) -> Tensor:
-        s_low, s_high = self.dwt(student_fused.float())
-        with torch.no_grad():
-            t_low, t_high = self.dwt(teacher_fused.detach().float())
-        loss = student_fused.new_zeros((), dtype=torch.float32)
+        dtype = self.dwt.h0_col.dtype
+        with no_autocast(student_fused):
+            s_low, s_high = self.dwt(student_fused.to(dtype))
+            with torch.no_grad():
+                t_low, t_high = self.dwt(teacher_fused.detach().to(dtype))
+        loss = s_low.new_zeros(())
         if self.w_low:
             loss = loss + self.w_low * weighted_mean((s_low - t_low).abs(), weight)
         if self.w_high:

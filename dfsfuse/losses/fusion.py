@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "no_autocast",
     "resize_weight",
     "weighted_mean",
     "sobel_gradients",
@@ -27,6 +28,11 @@ __all__ = [
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _EPS = 1e-12
+
+
+def no_autocast(x: Tensor) -> torch.autocast:
+    """Context that disables autocast on ``x``'s device (for float32-sensitive statistics)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def resize_weight(weight: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -43,17 +49,18 @@ def resize_weight(weight: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
 def weighted_mean(loss_map: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean of a ``B×C×H×W`` loss map, or ``sum(w·l) / (C·sum(w))`` with a ``B×1×h×w`` weight map.
 
-    The weight is broadcast over channels and resized to the loss map's size with
-    :func:`resize_weight` when needed, so a map of ones gives exactly the plain mean and a
-    map that is zero outside a region averages over that region only.
+    Reduced in float32. The weight is broadcast over channels and resized to the loss map's
+    size with :func:`resize_weight` when needed, so a map of ones gives exactly the plain
+    mean and a map that is zero outside a region averages over that region only.
     """
+    loss_map = loss_map.float()
     if weight is None:
         return loss_map.mean()
     if weight.ndim != 4 or weight.shape[1] != 1 or weight.shape[0] != loss_map.shape[0]:
         raise ValueError(
             f"weight must be B×1×H×W with B={loss_map.shape[0]}, got {tuple(weight.shape)}"
         )
-    weight = resize_weight(weight.to(loss_map.dtype), loss_map.shape[-2:])
+    weight = resize_weight(weight.float(), loss_map.shape[-2:])
     den = weight.sum() * loss_map.shape[1]
     return (loss_map * weight).sum() / den.clamp_min(_EPS)
 
@@ -102,7 +109,9 @@ def ssim_map(
         raise ValueError(f"window_size must be odd, got {window_size}")
     x, y = x.float(), y.float()
     c = x.shape[1]
-    stats = _gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window_size, sigma)
+    # E[x²] − E[x]² cancels catastrophically in half precision.
+    with no_autocast(x):
+        stats = _gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window_size, sigma)
     mu_x, mu_y, xx, yy, xy = stats.split(c, dim=1)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2

@@ -1,0 +1,90 @@
+"""Model cards: the ``README.md`` of an exported model folder, with hub front matter."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import yaml
+
+CARD_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  methods: Sequence[str] = ("avg", "max", "teacher", "student"),
+                  names: Sequence[str] = CARD_METRICS) -> str:
+    """Markdown table: one row per (dataset, method) from ``{method: {dataset: {metric: mean}}}``."""
+    datasets = list(next(iter(metrics.values())).keys()) if metrics else []
+    lines = ["| dataset | method | " + " | ".join(names) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in names) + " |"]
+    for ds in datasets:
+        for m in methods:
+            if m in metrics and ds in metrics[m]:
+                row = metrics[m][ds]
+                lines.append(f"| {ds} | {m} | " + " | ".join(_fmt(row.get(n, math.nan)) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mapping[str, Any]] = None,
+                metrics: Optional[Mapping[str, Any]] = None, training: Optional[Mapping[str, Any]] = None,
+                sample_image: Optional[str] = None, license: str = "mit") -> str:
+    """A hub-ready model card for model folder ``name``.
+
+    ``config`` is the folder's ``config.json`` content; ``summary`` holds params/GMAC/latency;
+    ``metrics`` is ``{method: {dataset: {metric: mean}}}`` on held-out pairs; ``training`` says
+    what the model was trained on, for how long, and with which recipe config.
+    """
+    arch = config.get("architecture", "?")
+    front = {
+        "license": license,
+        "library_name": "dfsfuse",
+        "pipeline_tag": "image-to-image",
+        "tags": ["image-fusion", "infrared", "visible", "knowledge-distillation", "dfsfuse", arch],
+    }
+    if training and training.get("datasets"):
+        front["datasets"] = list(training["datasets"])
+    out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+           f"# {name}", "",
+           f"A dfsfuse **{arch}** infrared/visible fusion model "
+           f"({config.get('kind', 'fusion')}). It takes an IR image and the luminance (Y) of a visible "
+           "image, both in [0, 1], and returns the fused luminance; put the visible Cb/Cr back for colour.", "",
+           "## Use", "", "```python", "import dfsfuse", "",
+           f'model = dfsfuse.from_pretrained("path/or/hub-id")', "fused = model(ir, vis_y).fused  # B×1×H×W in [0, 1]",
+           "```", "", "or from the command line: `dfsfuse fuse --model path/or/hub-id --ir IR_DIR --vi VI_DIR --out OUT`.", ""]
+    if summary:
+        out += ["## Size and speed", "", "| params | GMAC | latency (ms) | size | device |",
+                "| ---: | ---: | ---: | --- | --- |",
+                f"| {summary.get('params', '?'):,} | {_fmt(summary.get('gmac', math.nan))} | "
+                f"{_fmt(summary.get('latency_ms', math.nan))} | {summary.get('height', '?')}×{summary.get('width', '?')} | "
+                f"{summary.get('device', '?')} |", ""]
+    if metrics:
+        out += ["## Metrics on held-out pairs", "",
+                "Means over held-out real pairs never seen in training, computed with `dfsfuse eval` conventions "
+                "(the evaluator published tables use; see the dfsfuse README). `avg` and `max` are the trivial "
+                "fusions every learned model must beat.", "", metrics_table(metrics), ""]
+    if training:
+        out += ["## Training", ""]
+        for key, value in training.items():
+            if key != "config":
+                out.append(f"- **{key}**: {value}")
+        if training.get("config") is not None:
+            out += ["", "<details><summary>recipe config</summary>", "", "```yaml",
+                    yaml.safe_dump(training["config"], sort_keys=False).strip(), "```", "", "</details>"]
+        out.append("")
+    if sample_image:
+        out += ["## Sample", "", f"![IR | VIS | avg | max | teacher | student]({sample_image})", ""]
+    out += ["## Architecture config", "", "```json", _json(config), "```", ""]
+    return "\n".join(out)
+
+
+def _json(config: Mapping[str, Any]) -> str:
+    import json
+
+    slim = {k: v for k, v in config.items() if k not in ("train_config",)}
+    return json.dumps(slim, indent=2)

@@ -1,0 +1,238 @@
+"""``dfsfuse eval``: the standard fusion metrics of a folder of fused images.
+
+Fused files are matched to IR and VIS files by stem (``00004N.png`` ↔ ``ir/00004N.jpg`` is a
+match); all three are read as the published evaluator reads them (BT.601 luma, rounded) and
+scored with :func:`dfsfuse.metrics.fusion_metrics_batch`. Results go to a rich table and,
+optionally, to JSON and CSV files written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from ..data.errors import DatasetError
+
+LARGE_SET = 10  # show a progress bar from this many images on
+
+
+@dataclass(frozen=True)
+class Triple:
+    """One fused image and the IR / VIS images it came from."""
+
+    name: str
+    fused: Path
+    ir: Path
+    vis: Path
+
+
+def index_images(folder: Path, role: str) -> dict[str, Path]:
+    """Map stem → path for the image files directly in ``folder`` (sorted by stem).
+
+    Raises :class:`DatasetError` if the folder is missing or two files share a stem.
+    """
+    from ..data.io import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: {role} folder not found")
+    index: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if path.stem in index:
+            raise DatasetError(f"{path}: same name as {index[path.stem].name}; cannot tell which {role} image to use")
+        index[path.stem] = path
+    return dict(sorted(index.items()))
+
+
+def pair_by_stem(primary: Mapping[str, Path], role: str, others: Mapping[str, Path], other_dir: Path) -> dict[str, Path]:
+    """For each stem of ``primary``, the file of ``others`` with that stem; raises
+    :class:`DatasetError` naming the first ``primary`` file without a partner."""
+    for stem, path in primary.items():
+        if stem not in others:
+            raise DatasetError(f"{path}: no {role} image named {stem}.* in {other_dir}")
+    return {stem: others[stem] for stem in primary}
+
+
+def find_triples(fused_dir: Path, ir_dir: Path, vis_dir: Path) -> list[Triple]:
+    """Every fused image with its IR and VIS partners; :class:`DatasetError` if any is missing."""
+    from ..data.io import IMAGE_EXTENSIONS
+
+    fused = index_images(fused_dir, "fused")
+    if not fused:
+        raise DatasetError(f"{fused_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the fused folder")
+    ir = pair_by_stem(fused, "IR", index_images(ir_dir, "IR"), ir_dir)
+    vis = pair_by_stem(fused, "VIS", index_images(vis_dir, "VIS"), vis_dir)
+    return [Triple(stem, fused[stem], ir[stem], vis[stem]) for stem in fused]
+
+
+def read_triple(triple: Triple):
+    """Read F, A, B as float32 grey arrays; :class:`DatasetError` naming the file if sizes differ."""
+    from ..data.io import read_gray
+
+    f = read_gray(triple.fused)
+    a = read_gray(triple.ir)
+    b = read_gray(triple.vis)
+    if a.shape != b.shape:
+        raise DatasetError(f"{triple.vis}: size {_wh(b.shape)} does not match IR {triple.ir} ({_wh(a.shape)})")
+    if f.shape != a.shape:
+        raise DatasetError(f"{triple.fused}: size {_wh(f.shape)} does not match IR {triple.ir} ({_wh(a.shape)})")
+    return f, a, b
+
+
+def _wh(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+def _batches(triples: list[Triple], batch_size: int) -> Iterator[tuple[list[str], tuple]]:
+    """Read triples and group consecutive same-size images into stacks of at most ``batch_size``."""
+    import numpy as np
+
+    names: list[str] = []
+    stack: list[tuple] = []
+    for triple in triples:
+        arrays = read_triple(triple)
+        if stack and (arrays[0].shape != stack[0][0].shape or len(stack) == batch_size):
+            yield names, tuple(np.stack(x)[:, None] for x in zip(*stack))
+            names, stack = [], []
+        names.append(triple.name)
+        stack.append(arrays)
+    if stack:
+        yield names, tuple(np.stack(x)[:, None] for x in zip(*stack))
+
+
+def evaluate_folders(
+    triples: list[Triple], device: str = "cpu", batch_size: int = 4, progress: bool = False
+) -> dict[str, dict[str, float]]:
+    """Per-image metrics ``{name: {metric: value}}`` for every triple, in order."""
+    from rich.progress import Progress
+
+    from ..metrics import fusion_metrics_batch
+
+    results: dict[str, dict[str, float]] = {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(triples))
+        for names, (f, a, b) in _batches(triples, batch_size):
+            values = fusion_metrics_batch(f, a, b, device=device)
+            for i, name in enumerate(names):
+                results[name] = {k: float(v[i]) for k, v in values.items()}
+            bar.advance(task, len(names))
+    return results
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_value(v: float):
+    return None if math.isnan(v) else v
+
+
+def results_json(per_image: Mapping[str, Mapping[str, float]], mean: Mapping[str, float]) -> str:
+    """The JSON report; NaN (undefined, e.g. SCD) becomes ``null`` so the file stays strict JSON."""
+    doc = {
+        "per_image": {n: {k: _json_value(v) for k, v in m.items()} for n, m in per_image.items()},
+        "mean": {k: _json_value(v) for k, v in mean.items()},
+        "count": len(per_image),
+    }
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def results_csv(per_image: Mapping[str, Mapping[str, float]], mean: Mapping[str, float]) -> str:
+    """The CSV report: one row per image, then a ``mean`` row; NaN is written as ``nan``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", *mean])
+    for name, m in per_image.items():
+        writer.writerow([name, *(repr(m[k]) for k in mean)])
+    writer.writerow(["mean", *(repr(v) for v in mean.values())])
+    return buf.getvalue()
+
+
+def _print_table(per_image: Mapping[str, Mapping[str, float]], mean: Mapping[str, float], show_rows: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Fusion metrics ({len(per_image)} images)")
+    table.add_column("image", style="bold")
+    for name in mean:
+        table.add_column(name, justify="right")
+    if show_rows:
+        for image, m in per_image.items():
+            table.add_row(image, *(f"{v:.4f}" for v in m.values()))
+        table.add_section()
+    table.add_row("mean", *(f"{v:.4f}" for v in mean.values()), style="bold")
+    Console().print(table)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a torch device (try cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the fused folder; print the table and write the requested reports."""
+    from ..metrics import MetricAccumulator
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = _check_device(args.device)
+    triples = find_triples(args.fused, args.ir, args.vi)
+    per_image = evaluate_folders(triples, device=device, batch_size=args.batch_size, progress=len(triples) >= LARGE_SET)
+    acc = MetricAccumulator()
+    for values in per_image.values():
+        acc.update(values)
+    mean = acc.mean()
+    _print_table(per_image, mean, show_rows=args.per_image)
+    if args.json:
+        _write_text_atomic(args.json, results_json(per_image, mean))
+    if args.csv:
+        _write_text_atomic(args.csv, results_csv(per_image, mean))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` subcommand."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="standard fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, CC, MSE, PSNR)",
+        description=(
+            "Score fused images against their IR and VIS sources with the metrics published tables use. "
+            "Files are matched by name stem; all three are read as 8-bit BT.601 luma."
+        ),
+    )
+    parser.add_argument("--fused", type=Path, required=True, help="folder of fused images")
+    parser.add_argument("--ir", type=Path, required=True, help="folder of infrared images")
+    parser.add_argument("--vi", type=Path, required=True, help="folder of visible images")
+    parser.add_argument("--json", type=Path, help="write per-image values and means to this JSON file")
+    parser.add_argument("--csv", type=Path, help="write per-image values and means to this CSV file")
+    parser.add_argument("--per-image", action="store_true", help="print one table row per image, not just the mean")
+    parser.add_argument("--device", default="cpu", help="torch device for the metrics (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--batch-size", type=int, default=4, help="same-size images scored together (default 4)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,157 @@
+"""Saving and loading models as a hub-ready folder: ``model.safetensors`` + ``config.json`` (+ card).
+
+Loading reads JSON and safetensors only: nothing is unpickled, nothing a file says is run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+PathLike = Union[str, os.PathLike]
+
+
+class ModelLoadError(ValueError):
+    """A model folder that cannot be loaded; the message names the file and the problem."""
+
+
+def model_config(model: nn.Module, **extra: Any) -> Dict[str, Any]:
+    """The ``config.json`` content for ``model`` (registry name + kwargs + ``extra`` metadata)."""
+    if not hasattr(model, "arch_config"):
+        raise TypeError(f"{type(model).__name__} was not built by dfsfuse.models.create_model")
+    from .models import model_kind
+
+    config = dict(model.arch_config())
+    config["kind"] = model_kind(config["architecture"])
+    config["dfsfuse_version"] = __version__
+    config.update(extra)
+    return config
+
+
+def save_pretrained(model: nn.Module, out_dir: PathLike, card: Optional[str] = None,
+                    files: Optional[Dict[str, PathLike]] = None, **extra: Any) -> Path:
+    """Write ``model`` to ``out_dir`` atomically (built in a temp folder, then renamed).
+
+    ``card`` is the model card text (``README.md``); ``files`` maps extra file names (a sample
+    image, an ONNX graph) to paths copied in; ``extra`` goes into ``config.json``.
+    Refuses to write non-finite weights.
+    """
+    out_dir = Path(out_dir)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{out_dir}: refusing to export non-finite weights ({bad[0]})")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "dfsfuse_version": __version__})
+        (tmp / CONFIG_NAME).write_text(json.dumps(model_config(model, **extra), indent=2) + "\n")
+        if card is not None:
+            (tmp / CARD_NAME).write_text(card)
+        for name, src in (files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        if out_dir.exists():
+            backup = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(out_dir, backup)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _resolve(path_or_hub_id: PathLike, revision: Optional[str] = None) -> Path:
+    path = Path(path_or_hub_id).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_hub_id)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
+            raise ModelLoadError(f"{text}: not a folder, and huggingface_hub is unavailable ({exc})") from None
+        try:
+            return Path(snapshot_download(text, revision=revision,
+                                          allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "*.png"]))
+        except Exception as exc:  # network, offline mode, missing repo: one line, named
+            raise ModelLoadError(f"{text}: not a local folder and not downloadable from the hub "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    raise ModelLoadError(f"{text}: model folder not found")
+
+
+def read_model_config(folder: PathLike) -> Dict[str, Any]:
+    """``config.json`` of a model folder, validated (architecture known, kwargs a mapping)."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing (not a dfsfuse model folder)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: invalid JSON ({exc})") from None
+    from .models import list_models
+
+    arch = config.get("architecture") if isinstance(config, dict) else None
+    if not isinstance(arch, str):
+        raise ModelLoadError(f"{path}: no 'architecture' entry")
+    if arch not in list_models():
+        raise ModelLoadError(f"{path}: unknown architecture {arch!r} (known: {', '.join(list_models())})")
+    if not isinstance(config.get("kwargs", {}), dict):
+        raise ModelLoadError(f"{path}: 'kwargs' must be a mapping")
+    return config
+
+
+def load_weights(model: nn.Module, weights: PathLike) -> nn.Module:
+    """Load a safetensors file into ``model`` strictly; mismatches give a one-line error naming the file."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights}: missing weights file")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelLoadError(f"{weights}: tensors do not match the architecture ({what})")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ModelLoadError(f"{weights}: tensor {key!r} has shape {tuple(value.shape)}, "
+                                 f"the architecture expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def from_pretrained(path_or_hub_id: PathLike, device: Union[str, torch.device] = "cpu",
+                    revision: Optional[str] = None) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pretrained` from a local folder or a hub id, in eval mode."""
+    from .models import model_from_config
+
+    folder = _resolve(path_or_hub_id, revision)
+    config = read_model_config(folder)
+    try:
+        model = model_from_config(config)
+    except TypeError as exc:
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: kwargs do not fit {config['architecture']!r} ({exc})") from None
+    load_weights(model, folder / WEIGHTS_NAME)
+    return model.to(device).eval()

@@ -1,0 +1,53 @@
+"""Losses for fusion, distillation and semantics.
+
+Convention: composite losses (``FusionLoss``, ``DistilledSemanticLoss``) return
+``dict[str, Tensor]`` of already-weighted scalar terms (zero-weight terms absent); the loss
+is their sum (:func:`total_loss`) and the trainer logs each term. Single terms return one
+scalar. Optional per-pixel weight maps are ``B×1×H×W`` and reduce as ``sum(w·l)/sum(w)``.
+"""
+
+from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill, standardize_features
+from .fusion import (
+    FusionLoss,
+    gradient_loss,
+    gradient_magnitude,
+    intensity_loss,
+    resize_weight,
+    sobel_gradients,
+    ssim_loss,
+    ssim_map,
+    weighted_mean,
+)
+from .semantic import (
+    MSRS_CLASS_IMPORTANCE,
+    DistilledSemanticLoss,
+    cross_seg_consistency,
+    seg_kl,
+    segmentation_ce,
+    semantic_weight_map,
+)
+from .weighting import DynamicWeights, total_loss
+
+__all__ = [
+    "FusionLoss",
+    "intensity_loss",
+    "gradient_loss",
+    "ssim_loss",
+    "ssim_map",
+    "sobel_gradients",
+    "gradient_magnitude",
+    "weighted_mean",
+    "resize_weight",
+    "output_distill",
+    "standardize_features",
+    "FeatureDistillLoss",
+    "FrequencyDistillLoss",
+    "MSRS_CLASS_IMPORTANCE",
+    "semantic_weight_map",
+    "segmentation_ce",
+    "seg_kl",
+    "cross_seg_consistency",
+    "DistilledSemanticLoss",
+    "DynamicWeights",
+    "total_loss",
+]

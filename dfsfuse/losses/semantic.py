@@ -1,0 +1,210 @@
+"""Semantic losses: semantic weight map, segmentation CE/KL, the distilled semantic loss, and
+cross-segmentation consistency (label-free, SSVIF)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill
+from .fusion import no_autocast, weighted_mean
+
+__all__ = [
+    "MSRS_CLASS_IMPORTANCE",
+    "semantic_weight_map",
+    "segmentation_ce",
+    "seg_kl",
+    "cross_seg_consistency",
+    "DistilledSemanticLoss",
+]
+
+# Per-class importance for MSRS (K=9): 0 unlabeled/background, 1 car, 2 person, 3 bike,
+# 4 curve, 5 car_stop, 6 guardrail, 7 color_cone, 8 bump. Background adds nothing on top of
+# the base weight; people weigh most, vehicles next, road furniture/markings 1.0.
+MSRS_CLASS_IMPORTANCE: tuple[float, ...] = (0.0, 1.5, 2.0, 1.5, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+def semantic_weight_map(
+    seg_logits: Tensor,
+    class_importance: Sequence[float] | Tensor = MSRS_CLASS_IMPORTANCE,
+    base: float = 1.0,
+    detach: bool = True,
+) -> Tensor:
+    """Per-pixel weight ``base + Σ_k softmax(logits)_k · importance_k``, normalised to mean 1 per image.
+
+    ``seg_logits`` is ``B×K×H×W``; returns ``B×1×H×W`` (float32). The per-image
+    normalisation keeps a loss weighted by the map on the same scale as the unweighted
+    one: the map only redistributes emphasis towards semantically rich pixels.
+    """
+    importance = torch.as_tensor(class_importance, dtype=torch.float32, device=seg_logits.device)
+    if importance.ndim != 1 or importance.numel() != seg_logits.shape[1]:
+        raise ValueError(
+            f"class_importance needs {seg_logits.shape[1]} values, got shape {tuple(importance.shape)}"
+        )
+    if base < 0 or bool((importance < 0).any()):
+        raise ValueError("base and class_importance must be non-negative")
+    logits = seg_logits.detach() if detach else seg_logits
+    with no_autocast(logits):
+        probs = logits.float().softmax(dim=1)
+        m = base + torch.einsum("bkhw,k->bhw", probs, importance).unsqueeze(1)
+    return m / m.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
+def segmentation_ce(
+    logits: Tensor,
+    labels: Tensor,
+    ignore_index: int = 255,
+    class_weights: Tensor | Sequence[float] | None = None,
+) -> Tensor:
+    """Cross-entropy of ``B×K×H×W`` logits against int64 ``B×H×W`` labels, ignoring ``ignore_index``.
+
+    Mean over labelled pixels (weighted by ``class_weights`` like ``F.cross_entropy``); when
+    every pixel is ignored it returns 0 that is still connected to ``logits`` (no NaN).
+    """
+    logits = logits.float()
+    if class_weights is not None:
+        class_weights = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    loss_sum = F.cross_entropy(
+        logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum"
+    )
+    valid = labels != ignore_index
+    if class_weights is None:
+        den = valid.sum().to(loss_sum.dtype)
+    else:
+        den = class_weights[labels[valid]].sum()
+    return loss_sum / den.clamp_min(1e-12)
+
+
+def seg_kl(
+    student_logits: Tensor, teacher_logits: Tensor, T: float = 2.0, weight: Tensor | None = None
+) -> Tensor:
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))`` per pixel, averaged (teacher detached).
+
+    The ``T²`` factor keeps gradient magnitudes comparable across temperatures (Hinton et al.).
+    """
+    log_p_s = F.log_softmax(student_logits.float() / T, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1, keepdim=True)
+    return (T * T) * weighted_mean(kl, weight)
+
+
+def cross_seg_consistency(
+    logits_a: Tensor, logits_b: Tensor, T: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
+    """Symmetric KL ``T² · ½ [KL(p_a‖p_b) + KL(p_b‖p_a)]`` between two segmentations, averaged.
+
+    Label-free (SSVIF): both sides receive gradients. Exactly 0 for identical logits,
+    positive otherwise. Per pixel it equals ``½ Σ_k (p_a − p_b)(log p_a − log p_b)``.
+    """
+    log_a = F.log_softmax(logits_a.float() / T, dim=1)
+    log_b = F.log_softmax(logits_b.float() / T, dim=1)
+    sym = 0.5 * ((log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(dim=1, keepdim=True)
+    return (T * T) * weighted_mean(sym, weight)
+
+
+class DistilledSemanticLoss(nn.Module):
+    """DFSFuse's distilled semantic loss for training the student from a frozen teacher.
+
+    Terms (already weighted; a term with weight 0, or ``seg_ce`` without labels, is absent):
+
+    - ``output``: L1 between student and teacher fused images,
+    - ``feature``: adapted, standardized feature matching (:class:`FeatureDistillLoss`),
+    - ``frequency``: DWT sub-band L1 (:class:`FrequencyDistillLoss`),
+
+      each weighted per pixel by :func:`semantic_weight_map` of the segmenter's logits on the
+      teacher's fusion (detached) when ``semantic_weighting``;
+    - ``seg_kl``: :func:`seg_kl` between segmentations of the student's and teacher's fusions,
+    - ``seg_ce``: :func:`segmentation_ce` of the segmentation of the student's fusion.
+
+    ``forward(student_out, teacher_out, seg_student_logits, seg_teacher_logits, labels=None)``;
+    ``*_out`` need ``.fused`` (``B×1×H×W``) and ``.features`` (name → map). The loss is the sum
+    of the returned dict. Trainable state: the feature adapters (``self.feature.adapters``),
+    built only when ``w_feature > 0`` so DDP sees no unused parameters.
+    """
+
+    def __init__(
+        self,
+        student_channels: Mapping[str, int],
+        teacher_channels: Mapping[str, int],
+        w_output: float = 1.0,
+        w_feature: float = 0.5,
+        w_freq: float = 0.5,
+        w_seg_kl: float = 0.1,
+        w_seg_ce: float = 0.1,
+        temperature: float = 2.0,
+        class_importance: Sequence[float] | Tensor = MSRS_CLASS_IMPORTANCE,
+        base: float = 1.0,
+        semantic_weighting: bool = True,
+        feature_names: Sequence[str] | None = None,
+        feature_loss: str = "l1",
+        wave: str = "haar",
+        levels: int = 1,
+        ignore_index: int = 255,
+    ):
+        super().__init__()
+        if min(w_output, w_feature, w_freq, w_seg_kl, w_seg_ce) < 0:
+            raise ValueError("loss weights must be non-negative")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.w_output, self.w_feature, self.w_freq = w_output, w_feature, w_freq
+        self.w_seg_kl, self.w_seg_ce = w_seg_kl, w_seg_ce
+        self.temperature = temperature
+        self.class_importance = tuple(float(v) for v in torch.as_tensor(class_importance).tolist())
+        self.base = base
+        self.semantic_weighting = semantic_weighting
+        self.ignore_index = ignore_index
+        self.feature = (
+            FeatureDistillLoss(student_channels, teacher_channels, feature_names, feature_loss)
+            if w_feature
+            else None
+        )
+        self.frequency = FrequencyDistillLoss(wave=wave, levels=levels) if w_freq else None
+
+    def forward(
+        self,
+        student_out: Any,
+        teacher_out: Any,
+        seg_student_logits: Tensor | None = None,
+        seg_teacher_logits: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        weight = None
+        if self.semantic_weighting:
+            if seg_teacher_logits is None:
+                raise ValueError("semantic_weighting needs seg_teacher_logits")
+            weight = semantic_weight_map(seg_teacher_logits, self.class_importance, self.base)
+
+        s_fused, t_fused = student_out.fused, teacher_out.fused
+        terms: dict[str, Tensor] = {}
+        if self.w_output:
+            terms["output"] = self.w_output * output_distill(s_fused, t_fused, weight)
+        if self.feature is not None:
+            terms["feature"] = self.w_feature * self.feature(
+                student_out.features, teacher_out.features, weight
+            )
+        if self.frequency is not None:
+            terms["frequency"] = self.w_freq * self.frequency(s_fused, t_fused, weight)
+        if self.w_seg_kl:
+            if seg_student_logits is None or seg_teacher_logits is None:
+                raise ValueError("w_seg_kl > 0 needs seg_student_logits and seg_teacher_logits")
+            terms["seg_kl"] = self.w_seg_kl * seg_kl(
+                seg_student_logits, seg_teacher_logits, T=self.temperature
+            )
+        if self.w_seg_ce and labels is not None:
+            if seg_student_logits is None:
+                raise ValueError("w_seg_ce > 0 with labels needs seg_student_logits")
+            terms["seg_ce"] = self.w_seg_ce * segmentation_ce(
+                seg_student_logits, labels, ignore_index=self.ignore_index
+            )
+        return terms
+
+    def extra_repr(self) -> str:
+        return (
+            f"w_output={self.w_output}, w_feature={self.w_feature}, w_freq={self.w_freq}, "
+            f"w_seg_kl={self.w_seg_kl}, w_seg_ce={self.w_seg_ce}, temperature={self.temperature}, "
+            f"semantic_weighting={self.semantic_weighting}"
+        )

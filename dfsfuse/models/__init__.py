@@ -1,0 +1,47 @@
+"""Networks: the frequency-aware teacher, the compact student and the segmentation branch.
+
+Build any of them by name with :func:`create_model`; importing this package registers them.
+"""
+
+from . import segmentation, student, teacher  # noqa: F401  (registers the models)
+from .outputs import (
+    FUSION,
+    FUSION_FEATURES,
+    MODEL_KINDS,
+    SEGMENTATION,
+    ArchModule,
+    FusionModel,
+    FusionOutput,
+    SegmentationModel,
+    SegmentationOutput,
+)
+from .profile import ModelProfile, count_parameters, profile
+from .registry import ModelSpec, create_model, get_model_spec, list_models, model_from_config, model_kind, register_model
+from .segmentation import Segmenter
+from .student import Student
+from .teacher import Teacher
+
+__all__ = [
+    "FUSION",
+    "FUSION_FEATURES",
+    "MODEL_KINDS",
+    "SEGMENTATION",
+    "ArchModule",
+    "FusionModel",
+    "FusionOutput",
+    "ModelProfile",
+    "ModelSpec",
+    "SegmentationModel",
+    "SegmentationOutput",
+    "Segmenter",
+    "Student",
+    "Teacher",
+    "count_parameters",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "model_from_config",
+    "model_kind",
+    "profile",
+    "register_model",
+]

@@ -1,0 +1,215 @@
+"""Layers shared by the networks: padding helpers, conv blocks, channel-attention transformer
+blocks, the wavelet frequency block and the fused-image output head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pytorch_wavelets import DWTForward, DWTInverse
+from timm.layers import DropPath, LayerNorm2d, Mlp
+from torch import Tensor, nn
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tensor:
+    """Pad the bottom/right of a B×C×H×W map so H and W are multiples of ``multiple``."""
+    pad_h = (-x.shape[-2]) % multiple
+    pad_w = (-x.shape[-1]) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def crop_to(x: Tensor, height: int, width: int) -> Tensor:
+    """Keep the top-left ``height``×``width`` window (undoes :func:`pad_to_multiple`)."""
+    return x[..., :height, :width]
+
+
+def fused_from_residual(residual: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
+    """Fused image = ``max(ir, vis_y) + residual``, clamped to [0, 1].
+
+    The element-wise maximum is the target of the intensity loss, so an untrained network
+    already outputs a sensible image and learns only the correction; the clamp passes
+    gradients everywhere inside the valid range.
+    """
+    return (torch.maximum(ir, vis_y) + residual).clamp(0.0, 1.0)
+
+
+class OutputHead(nn.Conv2d):
+    """3×3 conv to one residual channel, initialised small so training starts near max(ir, vis)."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(in_channels, 1, kernel_size=3, padding=1)
+        with torch.no_grad():
+            # Small rather than zero: every layer still receives gradient at step one.
+            self.weight.mul_(0.1)
+            self.bias.zero_()
+
+
+class ConvAct(nn.Sequential):
+    """Conv2d (same padding) → optional BatchNorm → LeakyReLU (or no activation)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        groups: int = 1,
+        dilation: int = 1,
+        norm: bool = False,
+        act: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                padding=dilation * (kernel_size // 2),
+                dilation=dilation,
+                groups=groups,
+                bias=not norm,
+            )
+        ]
+        if norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if act:
+            layers.append(nn.LeakyReLU(0.1, inplace=True))
+        super().__init__(*layers)
+
+
+class SeparableResBlock(nn.Module):
+    """``x + act(pointwise(depthwise(x)))``: a cheap residual 3×3 block for the student."""
+
+    def __init__(self, channels: int, dilation: int = 1, norm: bool = False) -> None:
+        super().__init__()
+        self.depthwise = ConvAct(channels, channels, 3, groups=channels, dilation=dilation, norm=norm, act=False)
+        self.pointwise = ConvAct(channels, channels, 1, norm=norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Residual depthwise-separable convolution."""
+        return x + self.pointwise(self.depthwise(x))
+
+
+class ChannelAttention(nn.Module):
+    """Restormer's multi-Dconv-head transposed attention (MDTA).
+
+    Attention runs across channels (a C/h × C/h map per head), with queries and keys
+    L2-normalised over pixels, so cost and memory grow linearly with the pixel count.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
+        self.qkv_dw = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=False)
+        self.proj = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Channel attention over all pixels of ``x`` (B×C×H×W → B×C×H×W)."""
+        height, width = x.shape[-2:]
+        q, k, v = (
+            rearrange(t, "b (head c) h w -> b head c (h w)", head=self.heads)
+            for t in self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
+        )
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = torch.einsum("bhcn,bhdn->bhcd", q, k) * self.temperature
+        out = torch.einsum("bhcd,bhdn->bhcn", attn.softmax(dim=-1), v)
+        return self.proj(rearrange(out, "b head c (h w) -> b (head c) h w", h=height, w=width))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block on B×C×H×W maps: MDTA + conv MLP (timm layers)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim)
+        self.attn = ChannelAttention(dim, heads)
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, use_conv=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Attention then MLP, each with a residual connection."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class WaveletBlock(nn.Module):
+    """Frequency branch: one-level DWT, separate layers for LL and for (LH, HL, HH), IDWT.
+
+    Each sub-band path is residual and DWT→IDWT reconstructs perfectly in ``"zero"`` mode,
+    so the block is ``x + IDWT(low(LL), high(LH, HL, HH))``. Odd sizes are padded to even and
+    cropped back, because DWT→IDWT of an odd size returns the next even size.
+    """
+
+    def __init__(self, dim: int, wave: str = "haar") -> None:
+        super().__init__()
+        self.dwt = DWTForward(J=1, wave=wave, mode="zero")
+        self.idwt = DWTInverse(wave=wave, mode="zero")
+        self.low = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, dim, 3, padding=1)
+        )
+        high = dim * 3
+        self.high = nn.Sequential(
+            nn.Conv2d(high, high, 1),
+            nn.Conv2d(high, high, 3, padding=1, groups=high),
+            nn.GELU(),
+            nn.Conv2d(high, high, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Process low and high sub-bands separately; output has the size of ``x``."""
+        height, width = x.shape[-2:]
+        low, (high,) = self.dwt(pad_to_multiple(x, 2))
+        high = rearrange(high, "b c band h w -> b (c band) h w")
+        low = low + self.low(low)
+        high = high + self.high(high)
+        high = rearrange(high, "b (c band) h w -> b c band h w", band=3)
+        return crop_to(self.idwt((low, [high])), height, width)
+
+
+class DualBranchBlock(nn.Module):
+    """The teacher's unit: global (transformer) and frequency (wavelet) branches in parallel,
+    merged by a 1×1 conv and added to the input."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, wave: str = "haar", drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.global_branch = TransformerBlock(dim, heads, mlp_ratio, drop_path)
+        self.frequency_branch = WaveletBlock(dim, wave)
+        self.merge = nn.Conv2d(dim * 2, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x + merge([global(x), frequency(x)])``."""
+        return x + self.merge(torch.cat([self.global_branch(x), self.frequency_branch(x)], dim=1))
+
+
+class Downsample(nn.Module):
+    """Halve the resolution, double the channels: 3×3 conv to C/2 then pixel-unshuffle ×2."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """B×C×H×W → B×2C×H/2×W/2 (H, W even)."""
+        return rearrange(self.conv(x), "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution, halve the channels: 1×1 conv to C/2, then bilinear ×2.
+
+    The conv runs before upsampling (a quarter of the pixels), and bilinear interpolation
+    avoids the checkerboard of a pixel-shuffle fed by a cheap conv.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim // 2, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """B×C×H×W → B×C/2×2H×2W."""
+        return F.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear", align_corners=False)

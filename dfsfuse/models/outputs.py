@@ -1,0 +1,97 @@
+"""The model contract: what every network returns and what it exposes about itself.
+
+Fusion models take ``forward(ir, vis_y)`` with two B×1×H×W float tensors in [0, 1] and
+return :class:`FusionOutput`. Its ``features`` dict always holds the names in
+:data:`FUSION_FEATURES`, every map at the full input size H×W, so distillation can pair
+teacher and student features by name without resizing:
+
+- ``enc_ir``  — output of the infrared encoder,
+- ``enc_vis`` — output of the visible (luminance) encoder,
+- ``fusion``  — the fused feature map of both modalities,
+- ``decoder`` — the last decoder feature before the output head.
+
+Widths differ between models (``model.feature_channels``); adapters that map one width to
+another belong to the loss, never to the model.
+
+Segmentation models take ``forward(image)`` with a B×1×H×W fused image in [0, 1] and return
+:class:`SegmentationOutput` with B×K×H×W logits and their own named decoder features.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABCMeta, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+FUSION_FEATURES: tuple[str, ...] = ("enc_ir", "enc_vis", "fusion", "decoder")
+"""Feature names every fusion model returns, in this order."""
+
+FUSION = "fusion"
+SEGMENTATION = "segmentation"
+MODEL_KINDS: tuple[str, ...] = (FUSION, SEGMENTATION)
+
+
+@dataclass
+class FusionOutput:
+    """Result of a fusion model: ``fused`` B×1×H×W in [0, 1] and named full-size features."""
+
+    fused: Tensor
+    features: "OrderedDict[str, Tensor]" = field(default_factory=OrderedDict)
+
+
+@dataclass
+class SegmentationOutput:
+    """Result of a segmentation model: ``logits`` B×K×H×W and named decoder features."""
+
+    logits: Tensor
+    features: "OrderedDict[str, Tensor]" = field(default_factory=OrderedDict)
+
+
+class ArchModule(nn.Module, metaclass=ABCMeta):
+    """Base of every registered network: it knows its registry name and constructor kwargs.
+
+    ``arch_name`` and ``arch_kwargs`` are filled in when the model is built (directly or via
+    :func:`dfsfuse.models.create_model`), so ``model_from_config(model.arch_config())``
+    rebuilds the same architecture from a ``config.json``.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arch_name: str = ""
+        self.arch_kwargs: dict[str, Any] = {}
+
+    def arch_config(self) -> dict[str, Any]:
+        """``{"architecture": name, "kwargs": {...}}``, JSON-serialisable."""
+        return {"architecture": self.arch_name, "kwargs": copy.deepcopy(self.arch_kwargs)}
+
+    @property
+    @abstractmethod
+    def feature_channels(self) -> dict[str, int]:
+        """Channel count of each named feature map in the output's ``features``."""
+
+
+class FusionModel(ArchModule):
+    """Base class of fusion networks: ``forward(ir, vis_y) -> FusionOutput``."""
+
+    kind: ClassVar[str] = FUSION
+
+    @abstractmethod
+    def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
+        """Fuse B×1×H×W infrared and visible luminance in [0, 1]."""
+
+
+class SegmentationModel(ArchModule):
+    """Base class of segmentation networks: ``forward(image) -> SegmentationOutput``."""
+
+    kind: ClassVar[str] = SEGMENTATION
+    num_classes: int
+
+    @abstractmethod
+    def forward(self, image: Tensor) -> SegmentationOutput:
+        """Segment a B×1×H×W image in [0, 1]."""

@@ -1,0 +1,141 @@
+"""Model registry, timm-style: ``register_model``, ``create_model``, ``list_models``.
+
+Every registered model is either a ``"fusion"`` model (``forward(ir, vis_y) -> FusionOutput``,
+usable as teacher or student) or a ``"segmentation"`` model (``forward(image) ->
+SegmentationOutput``); :func:`model_kind` tells which. A model instance records its registry
+name and its full constructor kwargs (defaults included, JSON-normalised), so
+``model_from_config(model.arch_config())`` rebuilds the same architecture.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from torch import nn
+
+from .outputs import MODEL_KINDS
+
+Builder = Callable[..., nn.Module]
+B = TypeVar("B", bound=Builder)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: the name, the kind (fusion/segmentation) and the builder."""
+
+    name: str
+    kind: str
+    builder: Builder
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def _json_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Round-trip kwargs through JSON (tuples become lists); reject what JSON cannot hold."""
+    try:
+        return json.loads(json.dumps(kwargs, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"kwargs of model {name!r} must be JSON-serialisable: {exc}") from None
+
+
+def _record_arch(cls: type, name: str) -> None:
+    """Wrap ``cls.__init__`` so each instance stores ``arch_name`` and its bound kwargs."""
+    init = cls.__init__
+    signature = inspect.signature(init)
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
+        raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword arguments only")
+
+    @functools.wraps(init)
+    def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        # A registered subclass records its own name; the parent's wrapper stays silent.
+        if type(self) is cls:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded = dict(bound.arguments)
+            recorded.pop(next(iter(signature.parameters)))
+            self.arch_name = name
+            self.arch_kwargs = _json_kwargs(name, recorded)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
+def register_model(
+    name_or_builder: Union[str, B, None] = None, *, kind: Optional[str] = None
+) -> Union[B, Callable[[B], B]]:
+    """Register a model class or builder function.
+
+    Use as ``@register_model`` (name = function/class name), ``@register_model("name")`` or
+    ``@register_model("name", kind="fusion")``. ``kind`` defaults to the class attribute
+    ``kind`` (set by :class:`FusionModel` / :class:`SegmentationModel`); builder functions
+    must pass it.
+    """
+
+    def decorate(builder: B) -> B:
+        name = name_or_builder if isinstance(name_or_builder, str) else builder.__name__
+        model_kind_ = kind or getattr(builder, "kind", None)
+        if model_kind_ not in MODEL_KINDS:
+            raise ValueError(f"model {name!r}: kind must be one of {MODEL_KINDS}, got {model_kind_!r}")
+        previous = _REGISTRY.get(name)
+        if previous is not None and _qualname(previous.builder) != _qualname(builder):
+            raise ValueError(f"model name {name!r} is already registered by {_qualname(previous.builder)}")
+        if isinstance(builder, type):
+            _record_arch(builder, name)
+        doc = inspect.getdoc(builder) or ""
+        _REGISTRY[name] = ModelSpec(name, model_kind_, builder, doc.split("\n\n")[0].replace("\n", " "))
+        return builder
+
+    if name_or_builder is None or isinstance(name_or_builder, str):
+        return decorate
+    return decorate(name_or_builder)
+
+
+def _qualname(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry for ``name``; ``KeyError`` listing the known names if unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
+
+
+def list_models(kind: Optional[str] = None) -> list[str]:
+    """Sorted registered model names, optionally only those of one kind."""
+    if kind is not None and kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    return sorted(name for name, spec in _REGISTRY.items() if kind is None or spec.kind == kind)
+
+
+def model_kind(name: str) -> str:
+    """``"fusion"`` or ``"segmentation"`` for a registered model name."""
+    return get_model_spec(name).kind
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build registered model ``name`` with ``kwargs`` (JSON-serialisable values only).
+
+    The result carries ``arch_name``, ``arch_kwargs`` and ``arch_config()``. Build on another
+    device with ``with torch.device("meta"): create_model(...)``.
+    """
+    spec = get_model_spec(name)
+    model = spec.builder(**kwargs)
+    if getattr(model, "arch_name", "") != name:
+        model.arch_name = name
+        model.arch_kwargs = _json_kwargs(name, kwargs)
+    return model
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from ``{"architecture": name, "kwargs": {...}}`` (``arch_config()``)."""
+    if "architecture" not in config:
+        raise KeyError("model config needs an 'architecture' entry")
+    return create_model(config["architecture"], **dict(config.get("kwargs") or {}))

@@ -1,0 +1,79 @@
+"""The segmentation branch: a light timm backbone on the fused image plus an FPN decoder.
+
+The backbone is ``timm.create_model(backbone, features_only=True, pretrained=False,
+in_chans=1)``. Each selected backbone level goes through a 1×1 lateral conv to ``fpn_dim``
+channels, levels are merged top-down (nearest upsampling + add), the finest merged map is
+refined by a 3×3 conv-BN-ReLU (feature ``head``), classified by a 1×1 conv and upsampled
+bilinearly to the input size. Features are named by their stride: ``fpn_s4`` … ``fpn_s32``
+(``fpn_dim`` channels, size ⌈H/s⌉×⌈W/s⌉) and ``head`` (``fpn_dim`` channels, finest stride).
+Inputs are padded to the backbone's largest stride and the outputs cropped back.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import timm
+import torch.nn.functional as F
+from timm.layers import ConvNormAct
+from torch import Tensor, nn
+
+from .blocks import crop_to, pad_to_multiple
+from .outputs import SegmentationModel, SegmentationOutput
+from .registry import register_model
+
+
+@register_model("segmenter")
+class Segmenter(SegmentationModel):
+    """Semantic segmentation of fused images: timm backbone (1 input channel) + light FPN.
+
+    Args:
+        num_classes: number of output classes (9 for MSRS).
+        backbone: any timm model name that supports ``features_only``; randomly initialised.
+        out_indices: backbone levels fed to the FPN.
+        fpn_dim: channel width of the FPN.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 9,
+        backbone: str = "mobilenetv3_large_100",
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        fpn_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.fpn_dim = fpn_dim
+        self.backbone = timm.create_model(
+            backbone, features_only=True, pretrained=False, in_chans=1, out_indices=tuple(out_indices)
+        )
+        channels = self.backbone.feature_info.channels()
+        self.reductions: list[int] = list(self.backbone.feature_info.reduction())
+        self.stride = max(self.reductions)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_dim, 1) for c in channels)
+        self.smooth = ConvNormAct(fpn_dim, fpn_dim, 3)
+        self.classifier = nn.Conv2d(fpn_dim, num_classes, 1)
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        """Every FPN level and the head have ``fpn_dim`` channels."""
+        return {**{f"fpn_s{r}": self.fpn_dim for r in self.reductions}, "head": self.fpn_dim}
+
+    def forward(self, image: Tensor) -> SegmentationOutput:
+        """Logits B×K×H×W for a B×1×H×W image in [0, 1]."""
+        height, width = image.shape[-2:]
+        padded = pad_to_multiple(image, self.stride)
+        levels = [lateral(f) for lateral, f in zip(self.lateral, self.backbone(padded))]
+        merged = [levels[-1]]
+        for level in reversed(levels[:-1]):
+            merged.insert(0, level + F.interpolate(merged[0], size=level.shape[-2:], mode="nearest"))
+        head = self.smooth(merged[0])
+        logits = F.interpolate(self.classifier(head), size=padded.shape[-2:], mode="bilinear", align_corners=False)
+
+        features: OrderedDict[str, Tensor] = OrderedDict()
+        for reduction, level in zip(self.reductions, merged):
+            features[f"fpn_s{reduction}"] = crop_to(level, -(-height // reduction), -(-width // reduction))
+        finest = self.reductions[0]
+        features["head"] = crop_to(head, -(-height // finest), -(-width // finest))
+        return SegmentationOutput(logits=crop_to(logits, height, width), features=features)

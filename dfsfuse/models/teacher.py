@@ -1,0 +1,103 @@
+"""The frequency-aware teacher: global (transformer) + frequency (wavelet) fusion network.
+
+Layout (``dim`` = C):
+
+- per modality: 3×3 conv embedding → :class:`DualBranchBlock` (C, full resolution)
+  → features ``enc_ir`` / ``enc_vis``;
+- fusion: 1×1 conv of both encodings, then a small U-shaped body of dual-branch blocks at
+  1/2 (2C) and 1/4 (4C) resolution with pixel-(un)shuffle resampling and skip links, back
+  to full resolution → feature ``fusion`` (C);
+- decoder: two 3×3 conv blocks → feature ``decoder`` (C) → 3×3 head predicting a residual
+  over ``max(ir, vis_y)``, clamped to [0, 1].
+
+Every dual-branch block runs Restormer-style channel attention (cost linear in pixels) in
+parallel with a one-level DWT branch that treats LL and (LH, HL, HH) with separate layers.
+Inputs of any size are padded to a multiple of 8 (two downsamplings, then an even size for
+the DWT at 1/4) and all outputs are cropped back to H×W.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import ConvAct, DualBranchBlock, Downsample, OutputHead, Upsample, crop_to, fused_from_residual, pad_to_multiple
+from .outputs import FusionModel, FusionOutput
+from .registry import register_model
+
+
+@register_model("teacher")
+class Teacher(FusionModel):
+    """Frequency-aware teacher: channel-attention transformer ‖ wavelet branches, U-shaped fusion.
+
+    Args:
+        dim: channel width at full resolution (2·dim at 1/2, 4·dim at 1/4).
+        heads: attention heads at full resolution (doubled at each level).
+        mlp_ratio: hidden width of the transformer MLPs relative to their input.
+        bottleneck_depth: number of dual-branch blocks at 1/4 resolution.
+        wave: ``pytorch_wavelets`` wavelet name of the frequency branches.
+        drop_path: stochastic-depth rate of every transformer block.
+    """
+
+    stride = 8
+
+    def __init__(
+        self,
+        dim: int = 24,
+        heads: int = 1,
+        mlp_ratio: float = 2.0,
+        bottleneck_depth: int = 2,
+        wave: str = "haar",
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+
+        def block(width: int, level: int) -> DualBranchBlock:
+            return DualBranchBlock(width, heads * 2**level, mlp_ratio, wave, drop_path)
+
+        self.embed_ir = ConvAct(1, dim, 3)
+        self.embed_vis = ConvAct(1, dim, 3)
+        self.encoder_ir = block(dim, 0)
+        self.encoder_vis = block(dim, 0)
+
+        self.fuse_in = ConvAct(dim * 2, dim, 1)
+        self.down1 = Downsample(dim)
+        self.level2_in = block(dim * 2, 1)
+        self.down2 = Downsample(dim * 2)
+        self.bottleneck = nn.Sequential(*(block(dim * 4, 2) for _ in range(bottleneck_depth)))
+        self.up2 = Upsample(dim * 4)
+        self.reduce2 = nn.Conv2d(dim * 4, dim * 2, 1)
+        self.level2_out = block(dim * 2, 1)
+        self.up1 = Upsample(dim * 2)
+        self.reduce1 = nn.Conv2d(dim * 2, dim, 1)
+
+        self.decoder = nn.Sequential(ConvAct(dim, dim, 3), ConvAct(dim, dim, 3))
+        self.head = OutputHead(dim)
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        """All four features have ``dim`` channels."""
+        return {"enc_ir": self.dim, "enc_vis": self.dim, "fusion": self.dim, "decoder": self.dim}
+
+    def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
+        """Fuse B×1×H×W ``ir`` and ``vis_y`` in [0, 1]; features are cropped to H×W."""
+        height, width = ir.shape[-2:]
+        enc_ir = self.encoder_ir(self.embed_ir(pad_to_multiple(ir, self.stride)))
+        enc_vis = self.encoder_vis(self.embed_vis(pad_to_multiple(vis_y, self.stride)))
+
+        full = self.fuse_in(torch.cat([enc_ir, enc_vis], dim=1))
+        half = self.level2_in(self.down1(full))
+        quarter = self.bottleneck(self.down2(half))
+        half = self.level2_out(self.reduce2(torch.cat([self.up2(quarter), half], dim=1)))
+        fusion = self.reduce1(torch.cat([self.up1(half), full], dim=1))
+
+        decoder = self.decoder(fusion)
+        residual = crop_to(self.head(decoder), height, width)
+        features = OrderedDict(
+            (name, crop_to(t, height, width))
+            for name, t in (("enc_ir", enc_ir), ("enc_vis", enc_vis), ("fusion", fusion), ("decoder", decoder))
+        )
+        return FusionOutput(fused=fused_from_residual(residual, ir, vis_y), features=features)

@@ -1,0 +1,225 @@
+"""Run configuration: YAML (``yaml.safe_load`` only) validated into dataclasses, plus ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the source and key."""
+
+
+@dataclass
+class DatasetSpec:
+    """A folder of IR/VIS pairs. ``root`` may start with ``bundled:`` (the MSRS pairs shipped in
+    the package) and is otherwise resolved against the working directory. ``optional`` sets are
+    skipped with a warning when missing (e.g. ``../shared/data`` on a user's machine)."""
+
+    root: str
+    split: Optional[str] = None
+    name: Optional[str] = None
+    optional: bool = False
+
+
+@dataclass
+class DataConfig:
+    """What the networks train and are evaluated on."""
+
+    train: List[DatasetSpec] = field(default_factory=lambda: [DatasetSpec("bundled:msrs", "train", "msrs_bundled")])
+    repeat_real: int = 8               # each real pair appears this many times per epoch (random crops differ)
+    synthetic: int = 256               # synthetic labelled scenes in the training set (0 = none)
+    synthetic_size: int = 96
+    crop: int = 64
+    labels: bool = True                # read segmentation labels where they exist
+    num_workers: int = 0
+    eval: List[DatasetSpec] = field(default_factory=lambda: [
+        DatasetSpec("bundled:msrs", "test", "msrs_heldout"),
+        DatasetSpec("../shared/data/tno", None, "tno", optional=True),
+        DatasetSpec("../shared/data/roadscene", None, "roadscene", optional=True),
+    ])
+    eval_max_images: int = 6           # per held-out set (0 = all)
+    eval_synthetic: int = 16           # held-out synthetic scenes for segmentation mIoU
+    eval_synthetic_size: int = 128
+
+
+@dataclass
+class ModelConfig:
+    """Architectures by registry name, with their keyword arguments."""
+
+    teacher: str = "teacher"
+    teacher_kwargs: Dict[str, Any] = field(default_factory=dict)
+    student: str = "student"
+    student_kwargs: Dict[str, Any] = field(default_factory=dict)
+    segmenter: str = "segmenter"
+    segmenter_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageConfig:
+    """Optimisation of one training stage."""
+
+    steps: int = 200
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    batch_size: int = 8                # global batch (split across processes)
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    """Weights of every loss term (see :mod:`dfsfuse.losses`)."""
+
+    intensity: float = 1.0
+    gradient: float = 1.0
+    ssim: float = 0.0
+    seg_ce: float = 0.5                # segmentation CE on the fused image, where labels exist
+    output: float = 1.0                # distillation: student vs teacher fused image
+    feature: float = 0.2
+    frequency: float = 0.5
+    seg_kl: float = 0.2
+    student_fusion: float = 0.5        # the student's own fusion loss next to distillation
+    temperature: float = 2.0
+    semantic_weighting: bool = True
+    class_importance: Optional[List[float]] = None
+    dynamic_weights: bool = False
+    dynamic_temperature: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    """The run as a whole."""
+
+    seed: int = 0
+    deterministic: bool = False
+    max_steps: Optional[int] = None    # caps every stage (quick runs, tests)
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    on_nonfinite: str = "stop"         # "stop" or "skip"
+
+
+@dataclass
+class RunConfig:
+    """Everything ``recipes/distill.py`` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: StageConfig = field(default_factory=StageConfig)
+    student: StageConfig = field(default_factory=StageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def stage_steps(self, stage: str) -> int:
+        """Steps of ``stage`` ("teacher"/"student") after the ``train.max_steps`` cap."""
+        steps = getattr(self, stage).steps
+        return min(steps, self.train.max_steps) if self.train.max_steps is not None else steps
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain, JSON/YAML-serialisable form."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, source: str, prefix: str = ""):
+    """Recursively turn plain YAML data into dataclass ``cls``, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return cls(**{k: _convert(hints[k], v, source, f"{prefix}{k}") for k, v in data.items()})
+
+
+def _convert(tp, value: Any, source: str, key: str):
+    origin, args = get_origin(tp), get_args(tp)
+    bad = ConfigError(f"{source}: '{key}' expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, source, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' expected a list, got {value!r}")
+        return [_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise bad
+
+
+def _set_dotted(data: Dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """``["train.max_steps=20", "model.teacher=sscm"]`` → nested dict (values parsed as YAML scalars)."""
+    out: Dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from None
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults), apply ``key=value`` overrides, validate."""
+    data: Dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        source += " + overrides"
+    return _build(RunConfig, data, source)

@@ -1,0 +1,98 @@
+"""The trained module of each stage: networks + the losses that train them, ``forward(batch) -> terms``.
+
+Wrapping a stage's trainable parts in one module gives Accelerate/DDP a single thing to
+prepare, and keeps frozen networks (the teacher, the segmenter in stage 2) out of it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import MSRS_CLASS_IMPORTANCE, DistilledSemanticLoss, FusionLoss, segmentation_ce
+from .config import LossConfig
+from .data import IGNORE_INDEX
+
+
+def _labels_or_ignore(batch: dict) -> Tensor:
+    """The batch's labels, or all-ignore labels (so the segmenter always takes part: DDP needs it)."""
+    if "label" in batch:
+        return batch["label"]
+    ir = batch["ir"]
+    return torch.full((ir.shape[0], *ir.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=ir.device)
+
+
+def fusion_loss_from(cfg: LossConfig) -> FusionLoss:
+    """The unsupervised fusion loss with the configured weights."""
+    return FusionLoss(w_intensity=cfg.intensity, w_gradient=cfg.gradient, w_ssim=cfg.ssim)
+
+
+class TeacherObjective(nn.Module):
+    """Stage 1: a fusion network and the segmenter trained together.
+
+    Terms: the fusion loss of the fused image, plus segmentation cross-entropy of the
+    segmenter run on that fused image (labels where they exist): the gradient of the
+    segmentation loss reaches the fusion network, which learns to keep what the segmenter
+    needs (semantic-driven fusion).
+    """
+
+    def __init__(self, fusion: nn.Module, segmenter: Optional[nn.Module], cfg: LossConfig) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.segmenter = segmenter if cfg.seg_ce > 0 else None
+        self.fusion_loss = fusion_loss_from(cfg)
+        self.w_seg_ce = cfg.seg_ce
+
+    def forward(self, batch: dict) -> Dict[str, Tensor]:
+        out = self.fusion(batch["ir"], batch["vis_y"])
+        terms = self.fusion_loss(out.fused, batch["ir"], batch["vis_y"])
+        if self.segmenter is not None:
+            logits = self.segmenter(out.fused).logits
+            terms["seg_ce"] = self.w_seg_ce * segmentation_ce(logits, _labels_or_ignore(batch), ignore_index=IGNORE_INDEX)
+        return terms
+
+
+class StudentObjective(nn.Module):
+    """Stage 2: the student and the feature adapters of the distilled semantic loss.
+
+    ``forward(batch, teacher_out, seg_teacher_logits, segmenter)`` takes the frozen
+    teacher's output and the segmentation of the teacher's fusion (both computed without
+    grad outside this module) and the frozen segmenter, which is run on the student's
+    fusion so segmentation agreement and CE gradients reach the student.
+    """
+
+    def __init__(self, student: nn.Module, teacher_channels: Dict[str, int], cfg: LossConfig) -> None:
+        super().__init__()
+        self.student = student
+        importance = cfg.class_importance if cfg.class_importance is not None else MSRS_CLASS_IMPORTANCE
+        self.distill = DistilledSemanticLoss(
+            student.feature_channels, teacher_channels,
+            w_output=cfg.output, w_feature=cfg.feature, w_freq=cfg.frequency,
+            w_seg_kl=cfg.seg_kl, w_seg_ce=cfg.seg_ce, temperature=cfg.temperature,
+            class_importance=importance, semantic_weighting=cfg.semantic_weighting,
+            ignore_index=IGNORE_INDEX,
+        )
+        self.fusion_loss = fusion_loss_from(cfg)
+        self.w_fusion = cfg.student_fusion
+        self.needs_segmenter = cfg.semantic_weighting or cfg.seg_kl > 0 or cfg.seg_ce > 0
+
+    def forward(self, batch: dict, teacher_out, seg_teacher_logits: Optional[Tensor],
+                segmenter: Optional[nn.Module]) -> Dict[str, Tensor]:
+        out = self.student(batch["ir"], batch["vis_y"])
+        seg_student = segmenter(out.fused).logits if segmenter is not None and self.needs_segmenter else None
+        labels = _labels_or_ignore(batch) if self.distill.w_seg_ce else None
+        terms = self.distill(out, teacher_out, seg_student, seg_teacher_logits, labels)
+        if self.w_fusion:
+            for k, v in self.fusion_loss(out.fused, batch["ir"], batch["vis_y"]).items():
+                terms[f"fusion_{k}"] = self.w_fusion * v
+        return terms
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients for the parameters (inputs can still carry gradients through it)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -1,0 +1,167 @@
+"""The pieces ``recipes/distill.py`` strings together: run folder, Accelerator, the two training stages."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..export import from_pretrained, save_pretrained
+from ..losses import DynamicWeights
+from ..models import create_model, model_kind
+from .config import RunConfig
+from .data import build_train_dataset, collate_samples
+from .loop import StageResult, train_stage
+from .objectives import StudentObjective, TeacherObjective, freeze
+from .tracking import JSONLinesTracker
+
+
+class RunDirExistsError(FileExistsError):
+    """The output folder already holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
+
+
+def prepare_run_dir(output: Path, resume: bool, overwrite: bool) -> Path:
+    """Create ``output``; refuse to reuse a non-empty one unless resuming or overwriting."""
+    output = Path(output)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite are mutually exclusive")
+    if output.exists() and any(output.iterdir()):
+        if overwrite:
+            shutil.rmtree(output)
+        elif not resume:
+            raise RunDirExistsError(f"{output}: already holds a run; pass --resume to continue it "
+                                    f"or --overwrite to start over")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
+    """An Accelerator that logs to ``run_dir/log.jsonl`` and splits each global batch across processes.
+
+    Mixed precision and the process layout come from ``accelerate launch`` / the Accelerate
+    config. ``split_batches`` makes ``batch_size`` the global batch, so a run on N processes
+    optimises the same objective as a run on one.
+    """
+    accelerator = Accelerator(
+        log_with=[JSONLinesTracker("distill", str(run_dir))],
+        project_dir=str(run_dir),
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True,
+                                                  data_seed=cfg.train.seed),
+    )
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    accelerator.init_trackers("distill", config=cfg.to_dict())
+    return accelerator
+
+
+def build_models(cfg: RunConfig) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """Teacher, segmenter and student from the config (seeded, so every process builds the same weights)."""
+    for role in ("teacher", "student"):
+        name = getattr(cfg.model, role)
+        if model_kind(name) != "fusion":
+            raise ValueError(f"model.{role}: {name!r} is a {model_kind(name)} model, not a fusion model")
+    if model_kind(cfg.model.segmenter) != "segmentation":
+        raise ValueError(f"model.segmenter: {cfg.model.segmenter!r} is not a segmentation model")
+    set_seed(cfg.train.seed)
+    teacher = create_model(cfg.model.teacher, **cfg.model.teacher_kwargs)
+    segmenter = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
+    student = create_model(cfg.model.student, **cfg.model.student_kwargs)
+    return teacher, segmenter, student
+
+
+def _loader(cfg: RunConfig, batch_size: int, labels: Optional[bool] = None) -> DataLoader:
+    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, labels=labels)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                      collate_fn=collate_samples, num_workers=cfg.data.num_workers,
+                      persistent_workers=False)
+
+
+def _optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: nn.Module,
+                  run_dir: Path, resume: bool = False) -> StageResult:
+    """Stage 1: teacher and segmenter trained on the fusion loss + segmentation CE; exported to ``run_dir/teacher``."""
+    set_seed(cfg.train.seed, device_specific=True)
+    objective = TeacherObjective(teacher, segmenter, cfg.loss)
+    optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, _loader(cfg, cfg.teacher.batch_size))
+    result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
+                         cfg.stage_steps("teacher"), cfg.train, run_dir / "checkpoints" / "teacher", resume=resume)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export_teacher(accelerator.unwrap_model(objective), run_dir / "teacher", cfg, result)
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return result
+
+
+def export_teacher(objective: TeacherObjective, out: Path, cfg: RunConfig, result: StageResult) -> None:
+    """Save the trained teacher to ``out`` and its segmenter to ``out/segmenter``."""
+    extra = {"role": "teacher", "train_steps": result.steps, "train_config": cfg.to_dict()}
+    save_pretrained(objective.fusion, out, **extra)
+    if objective.segmenter is not None:
+        save_pretrained(objective.segmenter, out / "segmenter", role="segmenter", train_steps=result.steps)
+
+
+def load_teacher(folder: Path, device: torch.device) -> Tuple[nn.Module, Optional[nn.Module]]:
+    """A teacher exported by stage 1 (and its segmenter, if saved beside it)."""
+    teacher = from_pretrained(folder, device=device)
+    seg_dir = Path(folder) / "segmenter"
+    segmenter = from_pretrained(seg_dir, device=device) if (seg_dir / "config.json").is_file() else None
+    return teacher, segmenter
+
+
+def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: Optional[nn.Module],
+                    student: nn.Module, run_dir: Path, resume: bool = False) -> StageResult:
+    """Stage 2: the student learns from the frozen teacher through the distilled semantic loss.
+
+    The teacher and segmenter are frozen, in eval mode, run under ``no_grad`` for the
+    teacher's side, and never passed to ``accelerator.prepare``.
+    """
+    set_seed(cfg.train.seed, device_specific=True)
+    device = accelerator.device
+    teacher = freeze(teacher).to(device)
+    segmenter = freeze(segmenter).to(device) if segmenter is not None else None
+    if segmenter is None and (cfg.loss.semantic_weighting or cfg.loss.seg_kl > 0 or cfg.loss.seg_ce > 0):
+        raise ValueError("the semantic losses need a segmenter; train the teacher with loss.seg_ce > 0 "
+                         "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0")
+    objective = StudentObjective(student, teacher.feature_channels, cfg.loss)
+    optimizer = _optimizer(objective, cfg.student.lr, cfg.student.weight_decay)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, _loader(cfg, cfg.student.batch_size))
+    dynamic = None
+    if cfg.loss.dynamic_weights:
+        dynamic = DynamicWeights(_term_names(cfg), temperature=cfg.loss.dynamic_temperature)
+
+    def forward(batch: dict):
+        with torch.no_grad(), accelerator.autocast():
+            t_out = teacher(batch["ir"], batch["vis_y"])
+            seg_t = segmenter(t_out.fused).logits if segmenter is not None else None
+        return objective(batch, t_out, seg_t, segmenter)
+
+    result = train_stage(accelerator, "student", objective, optimizer, loader, cfg.student,
+                         cfg.stage_steps("student"), cfg.train, run_dir / "checkpoints" / "student",
+                         resume=resume, dynamic=dynamic, forward=forward)
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return result
+
+
+def _term_names(cfg: RunConfig) -> list:
+    """Names of the student-stage loss terms that the config switches on (for dynamic weighting)."""
+    c = cfg.loss
+    names = [n for n, w in (("output", c.output), ("feature", c.feature), ("frequency", c.frequency),
+                            ("seg_kl", c.seg_kl), ("seg_ce", c.seg_ce)) if w]
+    if c.student_fusion:
+        names += [f"fusion_{n}" for n, w in (("intensity", c.intensity), ("gradient", c.gradient),
+                                              ("ssim", c.ssim)) if w]
+    return names

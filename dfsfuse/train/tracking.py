@@ -1,0 +1,60 @@
+"""A JSON-lines tracker for Accelerate: loss curves with no extra service or package."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from accelerate.tracking import GeneralTracker, on_main_process
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class JSONLinesTracker(GeneralTracker):
+    """Appends one JSON object per ``accelerator.log`` call to ``<dir>/log.jsonl``.
+
+    Lines carry ``step``, ``time`` (seconds since the tracker started) and the logged values;
+    the run configuration goes to ``<dir>/config.json`` via ``init_trackers``.
+    """
+
+    name = "jsonl"
+    requires_logging_directory = True
+    main_process_only = True
+
+    @on_main_process
+    def __init__(self, run_name: str, logging_dir: str, **kwargs) -> None:
+        super().__init__()
+        self.run_name = run_name
+        self.dir = Path(logging_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "log.jsonl"
+        self._t0 = time.time()
+
+    @property
+    def tracker(self):
+        return self.path
+
+    @on_main_process
+    def store_init_configuration(self, values: Dict[str, Any]) -> None:
+        (self.dir / "config.json").write_text(json.dumps(values, indent=2, default=str))
+
+    @on_main_process
+    def log(self, values: Dict[str, Any], step: Optional[int] = None, **kwargs) -> None:
+        record = {"step": step, "time": round(time.time() - self._t0, 3)}
+        record.update({k: _plain(v) for k, v in values.items()})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def read_log(path) -> list:
+    """The records of a ``log.jsonl`` file, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,145 @@
+"""Distil a frequency-aware fusion teacher into a compact CNN student (DFSFuse), end to end.
+
+    accelerate launch recipes/distill.py                          # small real default, CPU, minutes
+    accelerate launch recipes/distill.py --config recipes/configs/msrs.yaml --output runs/msrs
+    python recipes/distill.py train.max_steps=20 --output runs/quick --overwrite
+
+Stages: (1) teacher + segmenter on fusion + segmentation losses, (2) student distilled from
+the frozen teacher through the distilled semantic loss, (3) evaluation of avg, max, teacher
+and student on held-out real pairs (``metrics.json``, ``comparison.png``) and segmentation
+mIoU on held-out synthetic scenes, (4) export of student and teacher (safetensors + config +
+model card), each loadable with ``dfsfuse.from_pretrained``. ``--resume`` continues an
+interrupted run from its latest checkpoint; ``--teacher DIR`` skips stage 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from dfsfuse.card import render_card
+from dfsfuse.data.io import write_image
+from dfsfuse.export import save_pretrained
+from dfsfuse.train.config import ConfigError, load_config
+from dfsfuse.train.evaluate import comparison_image, evaluate_fusion, evaluate_segmentation, model_summary
+from dfsfuse.train.data import build_eval_sets
+from dfsfuse.train.loop import NonFiniteLossError, TrainingInterrupted
+from dfsfuse.train.stages import (
+    RunDirExistsError, build_models, distill_student, load_teacher, make_accelerator, prepare_run_dir, train_teacher,
+)
+
+TABLE_METRICS = ("EN", "SD", "SF", "AG", "MI", "VIF", "Qabf", "SSIM")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: recipes/configs/default.yaml)")
+    p.add_argument("--output", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete what --output holds and start over")
+    p.add_argument("--teacher", type=Path, default=None, help="exported teacher folder: skip stage 1")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    t_start = time.time()
+    config_path = args.config or Path(__file__).with_name("configs") / "default.yaml"
+    cfg = load_config(config_path if config_path.is_file() else None, args.overrides)
+    run_dir = prepare_run_dir(args.output, resume=args.resume, overwrite=args.overwrite)
+    accelerator = make_accelerator(cfg, run_dir)
+    device = accelerator.device
+    console = Console(quiet=not accelerator.is_main_process)
+    console.print(f"[bold]dfsfuse distill[/] → {run_dir}  ({accelerator.num_processes} process(es) on {device}, "
+                  f"mixed precision {accelerator.mixed_precision})")
+    teacher, segmenter, student = build_models(cfg)
+
+    # Stage 1: teacher + segmenter (skipped with --teacher, or when a resumed run already exported it).
+    teacher_dir = args.teacher or run_dir / "teacher"
+    if args.teacher is None and not (args.resume and (teacher_dir / "config.json").is_file()):
+        train_teacher(accelerator, cfg, teacher, segmenter, run_dir, resume=args.resume)
+    teacher, segmenter = load_teacher(teacher_dir, device)
+    console.print(f"teacher: {teacher_dir}")
+
+    # Stage 2: distil the student from the frozen teacher.
+    result = distill_student(accelerator, cfg, teacher, segmenter, student, run_dir, resume=args.resume)
+    student = accelerator.unwrap_model(student).eval()
+
+    report = {}
+    if accelerator.is_main_process:
+        # Stage 3: evaluate on held-out real pairs (never trained on) and held-out synthetic scenes.
+        eval_sets = build_eval_sets(cfg.data)
+        fusers = {"teacher": teacher.eval(), "student": student}
+        fusion = evaluate_fusion(fusers, eval_sets, device, max_images=cfg.data.eval_max_images)
+        miou = evaluate_segmentation(segmenter, fusers, cfg.data.eval_synthetic, cfg.data.eval_synthetic_size,
+                                     seed=cfg.train.seed + 10_000, device=device) if segmenter is not None else {}
+        summaries = {name: model_summary(m, (480, 640), device) for name, m in fusers.items()}
+        if fusion.strips:
+            write_image(run_dir / "comparison.png", comparison_image(fusion.strips))
+
+        # Stage 4: export the student (and record everything in metrics.json).
+        training = {"datasets": [s.name or s.root for s in cfg.data.train] + (["synthetic scenes"] if cfg.data.synthetic else []),
+                    "steps (teacher / student)": f"{cfg.stage_steps('teacher')} / {result.steps}",
+                    "recipe": "recipes/distill.py", "config": cfg.to_dict()}
+        files = {"sample.png": run_dir / "comparison.png"} if fusion.strips else {}
+        card_metrics = {m: fusion.metrics[m] for m in ("avg", "max", "teacher", "student") if m in fusion.metrics}
+        report = {**card_metrics, "segmentation_miou": miou, "models": summaries,
+                  "eval_seconds": round(fusion.seconds, 1), "wall_time_s": round(time.time() - t_start, 1)}
+        training["wall time (s)"] = report["wall_time_s"]
+        config = {"architecture": student.arch_name, "kwargs": student.arch_kwargs}
+        card = render_card("dfsfuse student", config, summary={**summaries["student"], "device": str(device)},
+                           metrics=card_metrics, training=training, sample_image="sample.png" if files else None)
+        save_pretrained(student, run_dir / "student", card=card, files=files, role="student")
+        (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        print_summary(console, report, run_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
+def print_summary(console: Console, report: dict, run_dir: Path) -> None:
+    """The final table: avg, max, teacher, student on each held-out set, with size and speed."""
+    methods = [m for m in ("avg", "max", "teacher", "student") if m in report]
+    for dataset in report[methods[0]] if methods else []:
+        table = Table(title=f"held-out: {dataset}")
+        table.add_column("method")
+        for name in TABLE_METRICS:
+            table.add_column(name, justify="right")
+        for col in ("params", "GMAC", "latency ms"):
+            table.add_column(col, justify="right")
+        for m in methods:
+            row = report[m][dataset]
+            size = report["models"].get(m, {})
+            table.add_row(m, *(f"{row[n]:.3f}" for n in TABLE_METRICS),
+                          f"{size['params']:,}" if size else "-", f"{size['gmac']:.2f}" if size else "-",
+                          f"{size['latency_ms']:.0f}" if size else "-")
+        console.print(table)
+    if report.get("segmentation_miou"):
+        console.print("segmentation mIoU on held-out synthetic scenes: " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in report["segmentation_miou"].items()))
+    console.print(f"student written to [bold]{run_dir / 'student'}[/]; metrics in {run_dir / 'metrics.json'}; "
+                  f"finished in {report['wall_time_s']:.0f} s")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, RunDirExistsError, NonFiniteLossError, ValueError, FileNotFoundError) as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"distill: {exc}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
