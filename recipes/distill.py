@@ -46,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete what --output holds and start over")
     p.add_argument("--teacher", type=Path, default=None, help="exported teacher folder: skip stage 1")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     run_dir = prepare_run_dir(args.output, resume=args.resume, overwrite=args.overwrite)
     accelerator = make_accelerator(cfg, run_dir)
     device = accelerator.device
-    console = Console(quiet=not accelerator.is_main_process)
+    console = Console(quiet=not accelerator.is_main_process, width=max(Console().width, 130))
     console.print(f"[bold]dfsfuse distill[/] → {run_dir}  ({accelerator.num_processes} process(es) on {device}, "
                   f"mixed precision {accelerator.mixed_precision})")
     teacher, segmenter, student = build_models(cfg)
@@ -75,12 +75,13 @@ def run(args: argparse.Namespace) -> dict:
     report = {}
     if accelerator.is_main_process:
         # Stage 3: evaluate on held-out real pairs (never trained on) and held-out synthetic scenes.
-        eval_sets = build_eval_sets(cfg.data)
+        eval_sets = build_eval_sets(cfg.eval)
         fusers = {"teacher": teacher.eval(), "student": student}
-        fusion = evaluate_fusion(fusers, eval_sets, device, max_images=cfg.data.eval_max_images)
-        miou = evaluate_segmentation(segmenter, fusers, cfg.data.eval_synthetic, cfg.data.eval_synthetic_size,
+        fusion = evaluate_fusion(fusers, eval_sets, device, max_images=cfg.eval.max_images)
+        miou = evaluate_segmentation(segmenter, fusers, cfg.eval.synthetic, cfg.eval.synthetic_size,
                                      seed=cfg.train.seed + 10_000, device=device) if segmenter is not None else {}
-        summaries = {name: model_summary(m, (480, 640), device) for name, m in fusers.items()}
+        summaries = {name: model_summary(m, tuple(cfg.eval.latency_size), device, runs=cfg.eval.latency_runs)
+                     for name, m in fusers.items()}
         if fusion.strips:
             write_image(run_dir / "comparison.png", comparison_image(fusion.strips))
 
@@ -107,25 +108,31 @@ def run(args: argparse.Namespace) -> dict:
 def print_summary(console: Console, report: dict, run_dir: Path) -> None:
     """The final table: avg, max, teacher, student on each held-out set, with size and speed."""
     methods = [m for m in ("avg", "max", "teacher", "student") if m in report]
-    for dataset in report[methods[0]] if methods else []:
-        table = Table(title=f"held-out: {dataset}")
-        table.add_column("method")
-        for name in TABLE_METRICS:
-            table.add_column(name, justify="right")
-        for col in ("params", "GMAC", "latency ms"):
-            table.add_column(col, justify="right")
+    table = Table(title="held-out real pairs (means); size and speed at "
+                        + "×".join(str(v) for v in _size_of(report)))
+    for col in ("dataset", "method", *TABLE_METRICS, "params", "GMAC", "ms"):
+        table.add_column(col, justify="left" if col in ("dataset", "method") else "right")
+    datasets = list(report[methods[0]]) if methods else []
+    for dataset in datasets:
         for m in methods:
             row = report[m][dataset]
             size = report["models"].get(m, {})
-            table.add_row(m, *(f"{row[n]:.3f}" for n in TABLE_METRICS),
-                          f"{size['params']:,}" if size else "-", f"{size['gmac']:.2f}" if size else "-",
-                          f"{size['latency_ms']:.0f}" if size else "-")
-        console.print(table)
+            table.add_row(dataset, m, *(f"{row[n]:.3f}" for n in TABLE_METRICS),
+                          f"{size['params']:,}" if size else "", f"{size['gmac']:.2f}" if size else "",
+                          f"{size['latency_ms']:.0f}" if "latency_ms" in size else "")
+        if dataset != datasets[-1]:
+            table.add_section()
+    console.print(table)
     if report.get("segmentation_miou"):
-        console.print("segmentation mIoU on held-out synthetic scenes: " +
+        console.print("segmenter mIoU on held-out synthetic scenes, fed with: " +
                       ", ".join(f"{k} {v:.3f}" for k, v in report["segmentation_miou"].items()))
     console.print(f"student written to [bold]{run_dir / 'student'}[/]; metrics in {run_dir / 'metrics.json'}; "
                   f"finished in {report['wall_time_s']:.0f} s")
+
+
+def _size_of(report: dict) -> tuple:
+    first = next(iter(report.get("models", {}).values()), {})
+    return first.get("height", "?"), first.get("width", "?")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

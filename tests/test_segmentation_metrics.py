@@ -106,19 +106,30 @@ def test_no_ignore_index_counts_every_pixel() -> None:
     np.testing.assert_array_equal(cm.matrix.numpy(), [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
 
 
-def test_all_reduce_sums_over_a_process_group(tmp_path) -> None:
+def _all_reduce_worker(rank: int, world_size: int, rendezvous: str, out: str) -> None:
     import torch.distributed as dist
 
-    pred, target = _batch(3)
-    cm = ConfusionMatrix()
-    cm.update(pred, target)
-    before = cm.matrix.clone()
-    assert torch.equal(cm.all_reduce().matrix, before)  # no group: no-op
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
-        assert torch.equal(cm.all_reduce().matrix, before)
+        cm = ConfusionMatrix()
+        cm.update(*_batch(rank))
+        torch.save(cm.all_reduce().matrix, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def test_all_reduce_sums_over_processes(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    cm = ConfusionMatrix()
+    cm.update(*_batch(0))
+    before = cm.matrix.clone()
+    assert torch.equal(cm.all_reduce().matrix, before)  # no process group: a no-op
+    cm.update(*_batch(1))
+    out = str(tmp_path / "matrix")
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "rendezvous"), out), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.equal(torch.load(f"{out}.{rank}"), cm.matrix)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -49,7 +49,7 @@ def index_images(folder: Path, role: str) -> dict[str, Path]:
         if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
             continue
         if path.stem in index:
-            raise DatasetError(f"{path}: same name as {index[path.stem].name}; cannot tell which {role} image to use")
+            raise DatasetError(f"{path}: same stem as {index[path.stem]}; cannot tell which {role} image to use")
         index[path.stem] = path
     return dict(sorted(index.items()))
 
@@ -169,19 +169,33 @@ def results_csv(per_image: Mapping[str, Mapping[str, float]], mean: Mapping[str,
 
 
 def _print_table(per_image: Mapping[str, Mapping[str, float]], mean: Mapping[str, float], show_rows: bool) -> None:
+    """Per-image rows (image × metric) with ``show_rows``, else one column of means (metric × mean)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Fusion metrics ({len(per_image)} images)")
-    table.add_column("image", style="bold")
-    for name in mean:
-        table.add_column(name, justify="right")
-    if show_rows:
-        for image, m in per_image.items():
-            table.add_row(image, *(f"{v:.4f}" for v in m.values()))
-        table.add_section()
-    table.add_row("mean", *(f"{v:.4f}" for v in mean.values()), style="bold")
-    Console().print(table)
+    title = f"Fusion metrics ({len(per_image)} images)"
+    if not show_rows:
+        table = Table(title=title, min_width=len(title) + 4)
+        table.add_column("metric")
+        table.add_column("mean", justify="right")
+        for name, value in mean.items():
+            table.add_row(name, f"{value:.4f}")
+        Console().print(table)
+        return
+    rows = [[image, *(f"{v:.4f}" for v in m.values())] for image, m in per_image.items()]
+    rows.append(["mean", *(f"{v:.4f}" for v in mean.values())])
+    header = ["image", *mean]
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    # Never squeeze numbers into ellipses: a terminal too narrow for the table wraps its lines.
+    needed = sum(max(len(r[i]) for r in [header, *rows]) + 3 for i in range(len(header))) + 1
+    console = Console()
+    Console(width=max(console.width, needed)).print(table)
 
 
 def _check_device(device: str) -> str:

@@ -46,6 +46,19 @@ class OutputHead(nn.Conv2d):
             self.bias.zero_()
 
 
+class ChannelsLastOnCPU(nn.Module):
+    """Identity that lays a CPU map out channels-last; later convs keep that layout.
+
+    oneDNN convolutions of narrow full-resolution maps run about twice as fast channels-last,
+    and a 1-channel input cannot carry the layout itself. Weights stay contiguous, so
+    ``state_dict`` saves as-is.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` in channels-last memory format on CPU, unchanged elsewhere."""
+        return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
 class ConvAct(nn.Sequential):
     """Conv2d (same padding) → optional BatchNorm → LeakyReLU (or no activation)."""
 

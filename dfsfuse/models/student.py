@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvAct, OutputHead, SeparableResBlock, fused_from_residual
+from .blocks import ChannelsLastOnCPU, ConvAct, OutputHead, SeparableResBlock, fused_from_residual
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
@@ -32,6 +32,7 @@ class _Encoder(nn.Sequential):
     def __init__(self, width: int, norm: bool) -> None:
         super().__init__(
             ConvAct(1, width, 3, norm=norm),
+            ChannelsLastOnCPU(),
             SeparableResBlock(width, dilation=1, norm=norm),
             SeparableResBlock(width, dilation=2, norm=norm),
         )

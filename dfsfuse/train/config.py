@@ -37,14 +37,22 @@ class DataConfig:
     crop: int = 64
     labels: bool = True                # read segmentation labels where they exist
     num_workers: int = 0
-    eval: List[DatasetSpec] = field(default_factory=lambda: [
+
+
+@dataclass
+class EvalConfig:
+    """Stage 3: held-out real pairs (never trained on) and held-out synthetic scenes."""
+
+    sets: List[DatasetSpec] = field(default_factory=lambda: [
         DatasetSpec("bundled:msrs", "test", "msrs_heldout"),
         DatasetSpec("../shared/data/tno", None, "tno", optional=True),
         DatasetSpec("../shared/data/roadscene", None, "roadscene", optional=True),
     ])
-    eval_max_images: int = 6           # per held-out set (0 = all)
-    eval_synthetic: int = 16           # held-out synthetic scenes for segmentation mIoU
-    eval_synthetic_size: int = 128
+    max_images: int = 4                # per held-out set (0 = all)
+    synthetic: int = 16                # held-out synthetic scenes for segmentation mIoU
+    synthetic_size: int = 128
+    latency_size: List[int] = field(default_factory=lambda: [480, 640])
+    latency_runs: int = 3              # 0 = do not time the models
 
 
 @dataclass
@@ -110,6 +118,7 @@ class RunConfig:
     """Everything ``recipes/distill.py`` needs."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: StageConfig = field(default_factory=StageConfig)
     student: StageConfig = field(default_factory=StageConfig)
@@ -164,6 +173,11 @@ def _convert(tp, value: Any, source: str, key: str):
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise bad from None
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):

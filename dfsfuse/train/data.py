@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..data import PairedImages, SyntheticScenes, bundled_msrs_root, train_transform
 from ..data.errors import DatasetError
-from .config import DataConfig, DatasetSpec
+from .config import DataConfig, DatasetSpec, EvalConfig
 
 IGNORE_INDEX = 255
 
@@ -104,10 +104,10 @@ def collate_samples(batch: List[Dict[str, object]]) -> Dict[str, object]:
     return out
 
 
-def build_eval_sets(cfg: DataConfig) -> Dict[str, PairedImages]:
+def build_eval_sets(cfg: EvalConfig) -> Dict[str, PairedImages]:
     """Held-out real pair sets by name (missing optional ones skipped). Labels are never read."""
     sets: Dict[str, PairedImages] = {}
-    for spec in cfg.eval:
+    for spec in cfg.sets:
         ds = open_spec(spec, labels=False)
         if ds is not None:
             sets[spec_name(spec)] = ds

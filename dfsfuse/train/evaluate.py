@@ -118,9 +118,9 @@ def latency_ms(model: nn.Module, size: Tuple[int, int], device: torch.device, ru
 
 def model_summary(model: nn.Module, size: Tuple[int, int], device: Optional[torch.device] = None,
                   runs: int = 3) -> Dict[str, float]:
-    """Parameters, GMAC (meta device) and, when ``device`` is given, median latency at ``size``."""
+    """Parameters, GMAC (meta device) and, when ``device`` is given and ``runs`` > 0, median latency at ``size``."""
     prof = profile(model, size=size)
     out = {"params": prof.params, "gmac": prof.macs / 1e9, "height": size[0], "width": size[1]}
-    if device is not None:
+    if device is not None and runs > 0:
         out["latency_ms"] = latency_ms(model, size, device, runs)
     return out

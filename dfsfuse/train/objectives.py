@@ -24,6 +24,18 @@ def _labels_or_ignore(batch: dict) -> Tensor:
     return torch.full((ir.shape[0], *ir.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=ir.device)
 
 
+def auxiliary_terms(model: nn.Module, out, batch: dict) -> Dict[str, Tensor]:
+    """Losses a fusion architecture defines for itself (e.g. SSPFusion's structure loss).
+
+    A model opts in by defining ``auxiliary_losses(output, ir, vis_y) -> dict[str, Tensor]``
+    (already weighted terms); their names get the prefix ``aux_``.
+    """
+    hook = getattr(model, "auxiliary_losses", None)
+    if hook is None:
+        return {}
+    return {f"aux_{k}": v for k, v in hook(out, batch["ir"], batch["vis_y"]).items()}
+
+
 def fusion_loss_from(cfg: LossConfig) -> FusionLoss:
     """The unsupervised fusion loss with the configured weights."""
     return FusionLoss(w_intensity=cfg.intensity, w_gradient=cfg.gradient, w_ssim=cfg.ssim)
@@ -48,6 +60,7 @@ class TeacherObjective(nn.Module):
     def forward(self, batch: dict) -> Dict[str, Tensor]:
         out = self.fusion(batch["ir"], batch["vis_y"])
         terms = self.fusion_loss(out.fused, batch["ir"], batch["vis_y"])
+        terms.update(auxiliary_terms(self.fusion, out, batch))
         if self.segmenter is not None:
             logits = self.segmenter(out.fused).logits
             terms["seg_ce"] = self.w_seg_ce * segmentation_ce(logits, _labels_or_ignore(batch), ignore_index=IGNORE_INDEX)
@@ -87,6 +100,7 @@ class StudentObjective(nn.Module):
         if self.w_fusion:
             for k, v in self.fusion_loss(out.fused, batch["ir"], batch["vis_y"]).items():
                 terms[f"fusion_{k}"] = self.w_fusion * v
+        terms.update(auxiliary_terms(self.student, out, batch))
         return terms
 
 

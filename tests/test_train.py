@@ -1,0 +1,181 @@
+"""The distillation recipe: config validation, an end-to-end tiny run, export round trip,
+resume after an interrupted run, and 2-process (gloo) agreement with 1 process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dfsfuse
+from dfsfuse.train.config import ConfigError, load_config
+from dfsfuse.train.loop import checkpoint_dirs, lr_at
+from dfsfuse.train.tracking import read_log
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "distill.py"
+
+# Tiny but complete: every stage runs, on 32×32 crops, a few steps each.
+TINY = [
+    "data.synthetic=16", "data.synthetic_size=48", "data.crop=32", "data.repeat_real=1",
+    "eval.max_images=1", "eval.synthetic=2", "eval.synthetic_size=64", "eval.latency_runs=0",
+    "eval.sets=[{root: 'bundled:msrs', split: test, name: heldout}]",
+    "teacher.steps=3", "student.steps=4", "teacher.batch_size=4", "student.batch_size=4",
+    "teacher.warmup_steps=1", "student.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
+    "train.deterministic=true",
+]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One complete tiny run of the recipe, in process."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    assert _recipe().main([*TINY, "--output", str(out)]) == 0
+    return out
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def test_default_config_file_matches_and_validates():
+    cfg = load_config(REPO / "recipes" / "configs" / "default.yaml")
+    assert cfg.model.teacher == "teacher" and cfg.model.student == "student"
+    assert cfg.eval.sets[0].root == "bundled:msrs" and cfg.eval.sets[0].split == "test"
+
+
+def test_unknown_key_and_bad_values_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  seed: 1\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'train\.max_stepz'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"'teacher\.steps' expected int"):
+        load_config(overrides=["teacher.steps=many"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(overrides=["teacher.steps"])
+
+
+def test_config_yaml_is_never_executed(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    marker = tmp_path / "pwned"
+    evil.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(evil)
+    assert not marker.exists()
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(overrides=["train.max_steps=20", "model.teacher=student", "loss.dynamic_weights=true",
+                                 "student.lr=1e-3"])
+    assert cfg.train.max_steps == 20 and cfg.stage_steps("teacher") == 20
+    assert cfg.model.teacher == "student" and cfg.loss.dynamic_weights is True and cfg.student.lr == 1e-3
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.05, abs=0.01)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+def test_tiny_run_writes_metrics_comparison_and_exports(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for method in ("avg", "max", "teacher", "student"):
+        assert set(metrics[method]) == {"heldout"}
+        assert {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"} <= set(metrics[method]["heldout"])
+    assert metrics["wall_time_s"] > 0
+    assert set(metrics["segmentation_miou"]) == {"teacher", "student", "ir", "vis"}
+    assert (tiny_run / "comparison.png").is_file()
+    for folder in ("student", "teacher", "teacher/segmenter"):
+        assert {"model.safetensors", "config.json"} <= {p.name for p in (tiny_run / folder).iterdir()}
+    card = (tiny_run / "student" / "README.md").read_text()
+    assert "library_name: dfsfuse" in card and "| heldout | student |" in card
+    log = read_log(tiny_run / "log.jsonl")
+    assert [r["step"] for r in log if "student/loss" in r] == [1, 2, 3, 4]
+
+
+def test_exported_student_reproduces_the_trained_one(tiny_run):
+    """from_pretrained(student/) gives the weights of the final training checkpoint, bit for bit."""
+    loaded = dfsfuse.from_pretrained(tiny_run / "student")
+    ckpt = load_file(str(checkpoint_dirs(tiny_run / "checkpoints" / "student")[-1] / "model.safetensors"))
+    fresh = dfsfuse.models.create_model(loaded.arch_name, **loaded.arch_kwargs)
+    fresh.load_state_dict({k[len("student."):]: v for k, v in ckpt.items() if k.startswith("student.")})
+    fresh.eval()
+    ir, vis = torch.rand(1, 1, 37, 45), torch.rand(1, 1, 37, 45)
+    with torch.no_grad():
+        assert torch.equal(loaded(ir, vis).fused, fresh(ir, vis).fused)
+
+
+def test_existing_run_dir_is_not_overwritten(tiny_run, capsys):
+    before = (tiny_run / "metrics.json").read_bytes()
+    assert _recipe().main([*TINY, "--output", str(tiny_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tiny_run / "metrics.json").read_bytes() == before
+
+
+def test_resume_after_sigterm_equals_uninterrupted_run(tiny_run, tmp_path):
+    """Kill the student stage with SIGTERM mid-run, resume, and get the uninterrupted student exactly."""
+    args = [*TINY, "student.steps=6", "train.checkpoint_every=100", "--teacher", str(tiny_run / "teacher")]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert subprocess.run([sys.executable, str(RECIPE), *args, "--output", str(full)], env=_env(),
+                          capture_output=True).returncode == 0
+
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output", str(cut)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = cut / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and any("student/loss" in r and r["step"] >= 2 for r in read_log(log)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    saved = checkpoint_dirs(cut / "checkpoints" / "student")
+    assert saved and 2 <= int(saved[-1].name.split("_")[1]) < 6
+    assert not (cut / "student").exists()
+
+    assert subprocess.run([sys.executable, str(RECIPE), *args, "--resume", "--output", str(cut)], env=_env(),
+                          capture_output=True).returncode == 0
+    a = load_file(str(full / "student" / "model.safetensors"))
+    b = load_file(str(cut / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one(tiny_run, tmp_path):
+    """2 gloo ranks with the same global batch follow the loss curve of 1 process."""
+    args = [*TINY, "student.steps=4", "eval.sets=[]", "eval.synthetic=1", "--teacher", str(tiny_run / "teacher")]
+    curves = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+               str(29500 + n + os.getpid() % 1000), str(RECIPE), *args, "--output", str(out)]
+        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        curves[n] = [r["student/loss"] for r in read_log(out / "log.jsonl") if "student/loss" in r]
+        assert (out / "student" / "model.safetensors").is_file()
+    assert len(curves[1]) == len(curves[2]) == 4
+    assert curves[2] == pytest.approx(curves[1], rel=2e-2)
