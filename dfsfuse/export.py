@@ -19,6 +19,9 @@ from torch import nn
 
 from . import __version__
 
+SHIPPED_STUDENT = Path(__file__).resolve().parent / "assets" / "student"
+"""The pretrained student shipped in the package (used by ``dfsfuse fuse`` when no model is given)."""
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import dfsfuse
@@ -24,11 +25,11 @@ from dfsfuse.train.tracking import read_log
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "distill.py"
 
-# Tiny but complete: every stage runs, on 32×32 crops, a few steps each.
+# Tiny but complete: every stage runs, on 32×32 crops, a few steps each, evaluated on small
+# crops of the bundled held-out pairs (see ``small_heldout``).
 TINY = [
     "data.synthetic=16", "data.synthetic_size=48", "data.crop=32", "data.repeat_real=1",
     "eval.max_images=1", "eval.synthetic=2", "eval.synthetic_size=64", "eval.latency_runs=0",
-    "eval.sets=[{root: 'bundled:msrs', split: test, name: heldout}]",
     "teacher.steps=3", "student.steps=4", "teacher.batch_size=4", "student.batch_size=4",
     "teacher.warmup_steps=1", "student.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
     "train.deterministic=true",
@@ -49,8 +50,24 @@ def _env():
     return env
 
 
+@pytest.fixture(scope="module", autouse=True)
+def small_heldout(tmp_path_factory):
+    """96×128 crops of two bundled held-out MSRS pairs, as the tiny runs' evaluation set."""
+    from dfsfuse.data import bundled_msrs_root
+
+    root = tmp_path_factory.mktemp("heldout")
+    for sub in ("ir", "vi"):
+        (root / sub).mkdir()
+        for src in sorted((bundled_msrs_root() / "test" / sub).glob("*.png"))[:2]:
+            with Image.open(src) as img:
+                img.crop((200, 150, 328, 246)).save(root / sub / src.name)
+    TINY.append(f"eval.sets=[{{root: '{root}', name: heldout}}]")
+    yield root
+    TINY.pop()
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, small_heldout):
     """One complete tiny run of the recipe, in process."""
     out = tmp_path_factory.mktemp("run") / "tiny"
     assert _recipe().main([*TINY, "--output", str(out)]) == 0
@@ -58,6 +75,12 @@ def tiny_run(tmp_path_factory):
 
 
 # --- config -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.stage_steps("teacher") > 0 and cfg.stage_steps("student") > 0
+
 
 def test_default_config_file_matches_and_validates():
     cfg = load_config(REPO / "recipes" / "configs" / "default.yaml")

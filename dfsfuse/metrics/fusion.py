@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._filters import box_taps, gaussian_taps, separable_valid, sobel_same
+from ._filters import box_taps, gaussian_taps, separable_valid, sobel_same, strip_sums
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -142,33 +142,38 @@ def psnr(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return 10 * torch.log10(peak.square() / mse(f, a, b))
 
 
+def _vif_sums(x: Tensor, taps: Tensor) -> Tensor:
+    """Per-image ``[num_A, num_B, den_A, den_B]`` of one VIF scale; ``x`` holds A, B, F as channels."""
+    refs, dist = x[:, :2], x[:, 2:]
+    stats = separable_valid(torch.cat([x, refs * refs, dist * dist, refs * dist], 1), taps)
+    mu_r, mu_d = stats[:, :2], stats[:, 2:3]
+    var_r = (stats[:, 3:5] - mu_r * mu_r).clamp_min_(0)
+    var_d = (stats[:, 5:6] - mu_d * mu_d).clamp_min_(0)
+    cov = stats[:, 6:8] - mu_r * mu_d
+    # The evaluator's case analysis, folded: g = 0 where σ_X² < eps, σ_F² < eps or g < 0
+    # (σ_X² then also counts as 0), and with g = 0 the sv² it assigns there is irrelevant.
+    informative = var_r >= VIF_EPS
+    g = cov.clamp_min(0) / (var_r + VIF_EPS)
+    g.mul_(informative & (var_d >= VIF_EPS))
+    sv = (var_d - g * cov).clamp_min_(VIF_EPS)
+    num = torch.log10(1 + g * g * var_r / (sv + VIF_NOISE_VAR)).sum((-2, -1))
+    den = torch.log10(1 + var_r * informative / VIF_NOISE_VAR).sum((-2, -1))
+    return torch.cat([num, den], 1)
+
+
 def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """VIF: ``vifp(A → F) + vifp(B → F)``, pixel-domain, four scales (see the conventions).
 
     As in the evaluator, a reference with no local variance anywhere (0/0) scores 1.0.
     """
     x = torch.cat([a, b, f], 1)  # channels: two references, then the distorted image
-    num = x.new_zeros(x.shape[0], 2)
-    den = x.new_zeros(x.shape[0], 2)
+    sums = x.new_zeros(x.shape[0], 4)
     for scale, size in enumerate(VIF_WINDOWS):
         taps = gaussian_taps(size, dtype=x.dtype, device=x.device)
         if scale:
             x = separable_valid(x, taps)[..., ::2, ::2]
-        refs, dist = x[:, :2], x[:, 2:]
-        stats = separable_valid(torch.cat([x, refs * refs, dist * dist, refs * dist], 1), taps)
-        mu_r, mu_d = stats[:, :2], stats[:, 2:3]
-        var_r = (stats[:, 3:5] - mu_r * mu_r).clamp_min_(0)
-        var_d = (stats[:, 5:6] - mu_d * mu_d).clamp_min_(0)
-        cov = stats[:, 6:8] - mu_r * mu_d
-        # The evaluator's case analysis, folded: g = 0 where σ_X² < eps, σ_F² < eps or g < 0
-        # (σ_X² then also counts as 0), and with g = 0 the sv² it assigns there is irrelevant.
-        informative = var_r >= VIF_EPS
-        g = cov.clamp_min(0) / (var_r + VIF_EPS)
-        g.mul_(informative & (var_d >= VIF_EPS))
-        sv = (var_d - g * cov).clamp_min_(VIF_EPS)
-        num += torch.log10(1 + g * g * var_r / (sv + VIF_NOISE_VAR)).sum((-2, -1))
-        den += torch.log10(1 + var_r * informative / VIF_NOISE_VAR).sum((-2, -1))
-    vifp = num / den
+        sums += strip_sums(lambda strip: _vif_sums(strip, taps), x, size)
+    vifp = sums[:, :2] / sums[:, 2:]
     return torch.where(torch.isnan(vifp), torch.ones_like(vifp), vifp).sum(1)
 
 
@@ -197,21 +202,28 @@ def qabf(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return num / g_in.double().sum((1, 2, 3))
 
 
-def ssim(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """SSIM: ``ssim(F, A) + ssim(F, B)`` with a 7×7 uniform window, sample covariance,
-    data_range 2, averaged over the pixels whose window lies inside the image."""
+def _ssim_sums(x: Tensor) -> Tensor:
+    """Per-image sums of the SSIM maps of F (channel 0) against A and B (channels 1, 2)."""
     n = SSIM_WINDOW * SSIM_WINDOW
     cov_norm = n / (n - 1)
     c1 = (0.01 * SSIM_DATA_RANGE) ** 2
     c2 = (0.03 * SSIM_DATA_RANGE) ** 2
-    refs = torch.cat([a, b], 1)
-    m = separable_valid(torch.cat([f, refs, f * f, refs * refs, f * refs], 1), box_taps(SSIM_WINDOW, dtype=f.dtype, device=f.device))
+    f, refs = x[:, :1], x[:, 1:]
+    m = separable_valid(torch.cat([x, f * f, refs * refs, f * refs], 1), box_taps(SSIM_WINDOW, dtype=x.dtype, device=x.device))
     mu_f, mu_r = m[:, 0:1], m[:, 1:3]
     var_f = cov_norm * (m[:, 3:4] - mu_f * mu_f)
     var_r = cov_norm * (m[:, 4:6] - mu_r * mu_r)
     cov = cov_norm * (m[:, 6:8] - mu_f * mu_r)
     s = (2 * mu_f * mu_r + c1) * (2 * cov + c2) / ((mu_f * mu_f + mu_r * mu_r + c1) * (var_f + var_r + c2))
-    return s.mean((-2, -1)).sum(1)
+    return s.sum((-2, -1))
+
+
+def ssim(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """SSIM: ``ssim(F, A) + ssim(F, B)`` with a 7×7 uniform window, sample covariance,
+    data_range 2, averaged over the pixels whose window lies inside the image."""
+    h, w = f.shape[-2:]
+    valid = (h - SSIM_WINDOW + 1) * (w - SSIM_WINDOW + 1)
+    return (strip_sums(_ssim_sums, torch.cat([f, a, b], 1), SSIM_WINDOW) / valid).sum(1)
 
 
 _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
