@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
 
     checked = fusion_metrics_batch(*[x[: args.reference_images] for x in stacked])
     max_rel = {
-        n: max(_max_rel_diff(float(checked[n][i]), ref_values[i][n]) for i in range(len(ref_values))) for n in METRIC_NAMES
+        n: max(_max_rel_diff(float(checked[n][i]), ref_values[i][n]) for i in range(len(ref_values)))
+        for n in METRIC_NAMES
     }
     full_ref = sum(ref_ms.values())
     return {
@@ -186,8 +187,8 @@ def print_report(doc: dict) -> None:
     s = doc["settings"]
     table = Table(
         title=f"Fusion metrics: reference (numpy/scipy/skimage/sklearn) vs dfsfuse.metrics on {s['device']}",
-        caption=f"{s['image_size_hw'][0]}×{s['image_size_hw'][1]}, {s['device_name']}, {s['torch_threads']} torch threads, "
-        f"torch {s['torch']}; {s['images']}",
+        caption=f"{s['image_size_hw'][0]}×{s['image_size_hw'][1]}, {s['device_name']}, "
+        f"{s['torch_threads']} torch threads, torch {s['torch']}; {s['images']}",
     )
     for col in ("metric", "reference ms", "torch ms", "speed-up", "max rel. diff"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -198,8 +199,22 @@ def print_report(doc: dict) -> None:
     full = doc["full_set_ms_per_image"]
     batch_key = next(k for k in full if k.startswith("torch_batch_"))
     b = batch_key.rsplit("_", 1)[1]
-    table.add_row("all, 1 image", f"{full['reference']:.1f}", f"{full['torch_single']:.2f}", f"{full['speedup_single']:.1f}×", "", style="bold")
-    table.add_row(f"all, batch of {b} (per image)", f"{full['reference']:.1f}", f"{full[batch_key]:.2f}", f"{full[f'speedup_batch_{b}']:.1f}×", "", style="bold")
+    table.add_row(
+        "all, 1 image",
+        f"{full['reference']:.1f}",
+        f"{full['torch_single']:.2f}",
+        f"{full['speedup_single']:.1f}×",
+        "",
+        style="bold",
+    )
+    table.add_row(
+        f"all, batch of {b} (per image)",
+        f"{full['reference']:.1f}",
+        f"{full[batch_key]:.2f}",
+        f"{full[f'speedup_batch_{b}']:.1f}×",
+        "",
+        style="bold",
+    )
     Console().print(table)
 
 
@@ -211,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="images per batched call (default 8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each torch call (default 5)")
     parser.add_argument("--reference-images", type=int, default=3, help="images timed with the reference (default 3)")
-    parser.add_argument("--data", default=os.environ.get("DFSFUSE_SHARED_DATA", str(HERE.parent.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", default=os.environ.get("DFSFUSE_SHARED_DATA", str(HERE.parent.parent / "shared" / "data"))
+    )
     parser.add_argument("--json", type=Path, default=HERE / "results" / "metrics_speed.json", help="output JSON file")
     args = parser.parse_args(argv)
     if min(args.batch, args.repeats, args.reference_images) < 1:

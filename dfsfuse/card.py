@@ -16,6 +16,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "n/a" if value is None else str(value)
+
+
 def metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
                   methods: Sequence[str] = ("avg", "max", "teacher", "student"),
                   names: Sequence[str] = CARD_METRICS) -> str:
@@ -33,14 +37,19 @@ def metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mapping[str, Any]] = None,
                 metrics: Optional[Mapping[str, Any]] = None, training: Optional[Mapping[str, Any]] = None,
-                sample_image: Optional[str] = None, license: str = "mit") -> str:
+                sample_image: Optional[str] = None, license: str = "mit", repo_id: Optional[str] = None,
+                sample_caption: str = "IR | VIS | avg | max | teacher | student",
+                sections: Optional[Mapping[str, str]] = None) -> str:
     """A hub-ready model card for model folder ``name``.
 
     ``config`` is the folder's ``config.json`` content; ``summary`` holds params/GMAC/latency;
     ``metrics`` is ``{method: {dataset: {metric: mean}}}`` on held-out pairs; ``training`` says
-    what the model was trained on, for how long, and with which recipe config.
+    what the model was trained on, for how long, and with which recipe config. ``repo_id``
+    (the hub id the folder is published under) goes into the usage examples; ``sample_caption``
+    describes ``sample_image``; ``sections`` maps extra headings to markdown bodies.
     """
     arch = config.get("architecture", "?")
+    where = repo_id or "path/or/hub-id"
     front = {
         "license": license,
         "library_name": "dfsfuse",
@@ -55,14 +64,15 @@ def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mappi
            f"({config.get('kind', 'fusion')}). It takes an IR image and the luminance (Y) of a visible "
            "image, both in [0, 1], and returns the fused luminance; put the visible Cb/Cr back for colour.", "",
            "## Use", "", "```python", "import dfsfuse", "",
-           f'model = dfsfuse.from_pretrained("path/or/hub-id")', "fused = model(ir, vis_y).fused  # B×1×H×W in [0, 1]",
-           "```", "", "or from the command line: `dfsfuse fuse --model path/or/hub-id --ir IR_DIR --vi VI_DIR --out OUT`.", ""]
+           f'model = dfsfuse.from_pretrained("{where}")', "fused = model(ir, vis_y).fused  # B×1×H×W in [0, 1]",
+           "```", "", f"or from the command line: `dfsfuse fuse --model {where} --ir IR_DIR --vi VI_DIR --out OUT` "
+           "(colour output; `--gray` for the fused luminance only).", ""]
     if summary:
         out += ["## Size and speed", "", "| params | GMAC | latency (ms) | size | device |",
                 "| ---: | ---: | ---: | --- | --- |",
-                f"| {summary.get('params', '?'):,} | {_fmt(summary.get('gmac', math.nan))} | "
-                f"{_fmt(summary.get('latency_ms', math.nan))} | {summary.get('height', '?')}×{summary.get('width', '?')} | "
-                f"{summary.get('device', '?')} |", ""]
+                f"| {_count(summary.get('params'))} | {_fmt(summary.get('gmac', 'n/a'))} | "
+                f"{_fmt(summary.get('latency_ms', 'n/a'))} | {summary.get('height', '?')}×{summary.get('width', '?')} | "
+                f"{summary.get('device', 'n/a')} |", ""]
     if metrics:
         out += ["## Metrics on held-out pairs", "",
                 "Means over held-out real pairs never seen in training, computed with `dfsfuse eval` conventions "
@@ -77,8 +87,10 @@ def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mappi
             out += ["", "<details><summary>recipe config</summary>", "", "```yaml",
                     yaml.safe_dump(training["config"], sort_keys=False).strip(), "```", "", "</details>"]
         out.append("")
+    for heading, body in (sections or {}).items():
+        out += [f"## {heading}", "", body.strip(), ""]
     if sample_image:
-        out += ["## Sample", "", f"![IR | VIS | avg | max | teacher | student]({sample_image})", ""]
+        out += ["## Sample", "", f"![{sample_caption}]({sample_image})", "", f"*{sample_caption}*", ""]
     out += ["## Architecture config", "", "```json", _json(config), "```", ""]
     return "\n".join(out)
 

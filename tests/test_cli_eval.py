@@ -48,17 +48,43 @@ def synthetic(tmp_path: Path) -> Path:
 
 
 def _eval_args(root: Path, fused: str = "fused") -> list[str]:
-    return ["eval", "--fused", str(root / fused), "--ir", str(root / "ir"), "--vi", str(root / "vi"),
-            "--json", str(root / "out" / "m.json"), "--csv", str(root / "out" / "m.csv")]
+    return [
+        "eval",
+        "--fused",
+        str(root / fused),
+        "--ir",
+        str(root / "ir"),
+        "--vi",
+        str(root / "vi"),
+        "--json",
+        str(root / "out" / "m.json"),
+        "--csv",
+        str(root / "out" / "m.csv"),
+    ]
 
 
 @pytest.mark.parametrize("method", ["avg", "max", "vis"])
 def test_baseline_then_eval_end_to_end(real_pairs: Path, method: str, capsys) -> None:
     root = real_pairs
-    assert main(["baseline", "--method", method, "--ir", str(root / "ir"), "--vi", str(root / "vi"), "--out", str(root / "fused")]) == 0
+    assert (
+        main(
+            [
+                "baseline",
+                "--method",
+                method,
+                "--ir",
+                str(root / "ir"),
+                "--vi",
+                str(root / "vi"),
+                "--out",
+                str(root / "fused"),
+            ]
+        )
+        == 0
+    )
     written = sorted(p.name for p in (root / "fused").iterdir())
     assert written == ["19.png", "FLIR_04722.png"]
-    for dataset, name in REAL:
+    for _, name in REAL:
         stem = Path(name).stem
         a, b = read_gray(root / "ir" / name), read_gray(root / "vi" / name)
         with Image.open(root / "fused" / f"{stem}.png") as img:
@@ -71,9 +97,11 @@ def test_baseline_then_eval_end_to_end(real_pairs: Path, method: str, capsys) ->
 
     doc = json.loads((root / "out" / "m.json").read_text())
     assert doc["count"] == 2 and list(doc["per_image"]) == ["19", "FLIR_04722"]
-    for dataset, name in REAL:
+    for _, name in REAL:
         stem = Path(name).stem
-        expected = fusion_metrics(read_gray(root / "fused" / f"{stem}.png"), read_gray(root / "ir" / name), read_gray(root / "vi" / name))
+        expected = fusion_metrics(
+            read_gray(root / "fused" / f"{stem}.png"), read_gray(root / "ir" / name), read_gray(root / "vi" / name)
+        )
         got = doc["per_image"][stem]
         assert list(got) == list(METRIC_NAMES)
         for key in METRIC_NAMES:
@@ -97,7 +125,12 @@ def test_baseline_then_eval_end_to_end(real_pairs: Path, method: str, capsys) ->
 
 
 def test_eval_prints_only_the_mean_without_per_image(synthetic: Path, capsys) -> None:
-    assert main(["eval", "--fused", str(synthetic / "fused"), "--ir", str(synthetic / "ir"), "--vi", str(synthetic / "vi")]) == 0
+    assert (
+        main(
+            ["eval", "--fused", str(synthetic / "fused"), "--ir", str(synthetic / "ir"), "--vi", str(synthetic / "vi")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "mean" in out and "PSNR" in out and " a " not in out
     assert not (synthetic / "out").exists()

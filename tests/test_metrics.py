@@ -40,8 +40,18 @@ CASES = [(d, n, m) for d, names in PAIRS.items() for n in names for m in FUSIONS
 
 # metrics-conventions.md: MSRS test pair 00004N, F = round_half_even((A + B) / 2).
 WORKED_EXAMPLE = dict(
-    EN=5.347274, SD=17.297302, SF=3.639889, AG=1.126593, MI=1.704100, SCD=1.152036,
-    VIF=0.615984, Qabf=0.331317, SSIM=0.966029, CC=0.719996, MSE=328.933533, PSNR=21.517994,
+    EN=5.347274,
+    SD=17.297302,
+    SF=3.639889,
+    AG=1.126593,
+    MI=1.704100,
+    SCD=1.152036,
+    VIF=0.615984,
+    Qabf=0.331317,
+    SSIM=0.966029,
+    CC=0.719996,
+    MSE=328.933533,
+    PSNR=21.517994,
 )
 
 
@@ -68,7 +78,9 @@ def _assert_matches(got: dict[str, float], expected: dict[str, float], rtol: flo
             np.testing.assert_allclose(got[key], expected[key], rtol=rtol, atol=atol, err_msg=key)
 
 
-@pytest.mark.parametrize("dataset,name,method", CASES, ids=[f"{d.split('/')[0]}-{n.split('.')[0]}-{m}" for d, n, m in CASES])
+@pytest.mark.parametrize(
+    "dataset,name,method", CASES, ids=[f"{d.split('/')[0]}-{n.split('.')[0]}-{m}" for d, n, m in CASES]
+)
 def test_matches_reference_on_real_pairs(shared_data: Path, dataset: str, name: str, method: str) -> None:
     f, a, b = _triple(shared_data, dataset, name, method)
     _assert_matches(fusion_metrics(f, a, b), _reference(shared_data, dataset, name, method))
@@ -167,7 +179,9 @@ def test_mutual_information_matches_sklearn_for_non_integer_values() -> None:
     expected = reference_metrics.mi(f, a, b)
     assert fusion_metrics(f, a, b, metrics=["MI"])["MI"] == pytest.approx(expected, rel=1e-10)
     integer = np.round(f)  # the fast 256-bin path agrees with the general one
-    assert fusion_metrics(integer, a, b, metrics=["MI"])["MI"] == pytest.approx(reference_metrics.mi(integer, a, b), rel=1e-10)
+    assert fusion_metrics(integer, a, b, metrics=["MI"])["MI"] == pytest.approx(
+        reference_metrics.mi(integer, a, b), rel=1e-10
+    )
 
 
 def _synthetic(seed: int, shape: tuple[int, int], kind: str) -> np.ndarray:
@@ -232,3 +246,28 @@ def test_cuda_matches_cpu(shared_data: Path) -> None:
     cpu = fusion_metrics(f, a, b)
     gpu = fusion_metrics(*(torch.from_numpy(x).cuda() for x in (f, a, b)))
     _assert_matches(gpu, cpu, rtol=1e-6)
+
+
+def test_filters_match_scipy() -> None:
+    from scipy.signal import convolve2d
+
+    from dfsfuse.metrics._filters import gaussian_taps, separable_valid, sobel_valid, strip_sums
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (37, 45)).astype(np.float64)
+    t = torch.from_numpy(x)[None, None]
+    for size in (17, 9, 5, 3):
+        window = reference_metrics.gaussian_window(size)
+        np.testing.assert_allclose(torch.outer(gaussian_taps(size), gaussian_taps(size)).numpy(), window, rtol=1e-13)
+        expected = convolve2d(x, np.rot90(window, 2), mode="valid")
+        np.testing.assert_allclose(separable_valid(t, gaussian_taps(size))[0, 0].numpy(), expected, rtol=1e-12)
+    gx, gy = sobel_valid(torch.nn.functional.pad(t.float(), (1, 1, 1, 1)))
+    np.testing.assert_array_equal(gx[0, 0].numpy(), convolve2d(x, reference_metrics._SOBEL_X, mode="same"))
+    np.testing.assert_array_equal(gy[0, 0].numpy(), convolve2d(x, reference_metrics._SOBEL_Y, mode="same"))
+
+    def fn(strip: torch.Tensor) -> torch.Tensor:
+        return separable_valid(strip, gaussian_taps(5)).sum((-2, -1))
+
+    whole = fn(t)
+    for rows in (1, 4, 32):
+        assert torch.allclose(strip_sums(fn, t, 5, rows=rows), whole, rtol=1e-13)

@@ -54,7 +54,9 @@ def index_images(folder: Path, role: str) -> dict[str, Path]:
     return dict(sorted(index.items()))
 
 
-def pair_by_stem(primary: Mapping[str, Path], role: str, others: Mapping[str, Path], other_dir: Path) -> dict[str, Path]:
+def pair_by_stem(
+    primary: Mapping[str, Path], role: str, others: Mapping[str, Path], other_dir: Path
+) -> dict[str, Path]:
     """For each stem of ``primary``, the file of ``others`` with that stem; raises
     :class:`DatasetError` naming the first ``primary`` file without a partner."""
     for stem, path in primary.items():

@@ -26,6 +26,7 @@ from .semantic import (
     segmentation_ce,
     semantic_weight_map,
 )
+from .structure import sobel_structure, structure_loss, structure_magnitude
 from .weighting import DynamicWeights, total_loss
 
 __all__ = [
@@ -50,4 +51,7 @@ __all__ = [
     "DistilledSemanticLoss",
     "DynamicWeights",
     "total_loss",
+    "sobel_structure",
+    "structure_magnitude",
+    "structure_loss",
 ]

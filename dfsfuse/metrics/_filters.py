@@ -1,4 +1,4 @@
-"""Small filters shared by the fusion metrics: separable "valid" filtering and 3×3 Sobel.
+"""Small filters shared by the fusion metrics: separable "valid" filtering, 3×3 Sobel, strip sums.
 
 Both work on B×C×H×W tensors of any floating dtype on any device. Separable filtering is a
 sum of shifted slices, which on CPU is an order of magnitude faster than ``conv2d`` in
@@ -58,21 +58,20 @@ def separable_valid(x: Tensor, taps: Tensor) -> Tensor:
     return _valid_1d(_valid_1d(x, taps, dim=-1), taps, dim=-2)
 
 
-def sobel_same(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``scipy.signal.convolve2d(x, h, mode="same")`` with the Sobel kernels used by Qabf, per channel.
+def sobel_valid(p: Tensor) -> tuple[Tensor, Tensor]:
+    """Sobel gradients of every channel of ``p``, "valid" mode; ``sobel_valid(pad(x, 1))`` equals
+    ``scipy.signal.convolve2d(x, h, mode="same")`` with the kernels Qabf uses.
 
-    ``h_x = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]`` and ``h_y = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]``
-    with zero padding. Convolution flips the kernel, so ``g_x`` is left minus right and ``g_y``
-    is bottom minus top. Exact in float32 for integer images.
+    ``h_x = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]`` and ``h_y = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]``.
+    Convolution flips the kernel, so ``g_x`` is left minus right and ``g_y`` is bottom minus top.
+    Exact in float32 for integer images.
     """
-    h, w = x.shape[-2:]
-    p = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    h, w = p.shape[-2] - 2, p.shape[-1] - 2
     dx = p[..., :, 0:w] - p[..., :, 2 : w + 2]
     gx = dx[..., 0:h, :] + 2 * dx[..., 1 : h + 1, :] + dx[..., 2 : h + 2, :]
     dy = p[..., 2 : h + 2, :] - p[..., 0:h, :]
     gy = dy[..., 0:w] + 2 * dy[..., 1 : w + 1] + dy[..., 2 : w + 2]
     return gx, gy
-
 
 
 def strip_sums(fn: Callable[[Tensor], Tensor], x: Tensor, window: int, rows: int = STRIP_ROWS) -> Tensor:

@@ -12,6 +12,7 @@ and calls them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._filters import box_taps, gaussian_taps, separable_valid, sobel_same, strip_sums
+from ._filters import box_taps, gaussian_taps, separable_valid, sobel_valid, strip_sums
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -33,11 +34,25 @@ VIF_EPS = 1e-10
 SSIM_WINDOW = 7
 SSIM_DATA_RANGE = 2.0  # an old scikit-image default for float input; the published tables use it
 
-_QABF = dict(tg=0.9994, kg=-15.0, dg=0.5, ta=0.9879, ka=-22.0, da=0.8)
 _HALF_PI = math.pi / 2
 
 
-# ----------------------------------------------------------------------------- single-image metrics
+@dataclass(frozen=True)
+class QabfConstants:
+    """Xydeas–Petrović sigmoid parameters (gradient strength g, orientation a; L = 1)."""
+
+    tg: float = 0.9994
+    kg: float = -15.0
+    dg: float = 0.5
+    ta: float = 0.9879
+    ka: float = -22.0
+    da: float = 0.8
+
+
+QABF = QabfConstants()
+
+
+# ----------------------------------------------------------------------------- metrics on B×1×H×W float64
 
 
 def entropy(f: Tensor) -> Tensor:
@@ -172,17 +187,27 @@ def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
         taps = gaussian_taps(size, dtype=x.dtype, device=x.device)
         if scale:
             x = separable_valid(x, taps)[..., ::2, ::2]
-        sums += strip_sums(lambda strip: _vif_sums(strip, taps), x, size)
+        sums += strip_sums(functools.partial(_vif_sums, taps=taps), x, size)
     vifp = sums[:, :2] / sums[:, 2:]
     return torch.where(torch.isnan(vifp), torch.ones_like(vifp), vifp).sum(1)
 
 
-def _sobel_strength_angle(x: Tensor) -> tuple[Tensor, Tensor]:
-    gx, gy = sobel_same(x)
+def _qabf_sums(p: Tensor) -> Tensor:
+    """Per-image ``[Σ(Q_AF·g_A + Q_BF·g_B), Σ(g_A + g_B)]`` over the "valid" Sobel outputs of
+    ``p`` (zero-padded A, B, F as float32 channels)."""
+    gx, gy = sobel_valid(p)
     strength = torch.sqrt(gx * gx + gy * gy)
     nonzero = gx != 0
     angle = torch.atan(gy / torch.where(nonzero, gx, torch.ones_like(gx)))
-    return strength, torch.where(nonzero, angle, torch.full_like(angle, _HALF_PI))
+    angle = torch.where(nonzero, angle, torch.full_like(angle, _HALF_PI))
+    g_in, a_in = strength[:, :2], angle[:, :2]
+    g_f, a_f = strength[:, 2:], angle[:, 2:]
+    ratio = torch.where(g_in == g_f, g_f, torch.minimum(g_in, g_f) / torch.maximum(g_in, g_f))
+    orientation = 1 - torch.abs(a_in - a_f) / _HALF_PI
+    q_g = QABF.tg / (1 + torch.exp(QABF.kg * (ratio - QABF.dg)))
+    q_a = QABF.ta / (1 + torch.exp(QABF.ka * (orientation - QABF.da)))
+    num = (q_g * q_a * g_in).double().sum((1, 2, 3))
+    return torch.stack([num, g_in.double().sum((1, 2, 3))], 1)
 
 
 def qabf(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -190,16 +215,9 @@ def qabf(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
     The gradient-strength ratio keeps the evaluator's quirk: ``g_F`` (not 1) where ``g_A == g_F``.
     """
-    strength, angle = _sobel_strength_angle(torch.cat([a, b, f], 1).float())
-    g_in, a_in = strength[:, :2], angle[:, :2]
-    g_f, a_f = strength[:, 2:], angle[:, 2:]
-    ratio = torch.where(g_in == g_f, g_f, torch.minimum(g_in, g_f) / torch.maximum(g_in, g_f))
-    orientation = 1 - torch.abs(a_in - a_f) / _HALF_PI
-    c = _QABF
-    q_g = c["tg"] / (1 + torch.exp(c["kg"] * (ratio - c["dg"])))
-    q_a = c["ta"] / (1 + torch.exp(c["ka"] * (orientation - c["da"])))
-    num = (q_g * q_a * g_in).double().sum((1, 2, 3))
-    return num / g_in.double().sum((1, 2, 3))
+    padded = torch.nn.functional.pad(torch.cat([a, b, f], 1).float(), (1, 1, 1, 1))  # "same", zero padding
+    sums = strip_sums(_qabf_sums, padded, 3)
+    return sums[:, 0] / sums[:, 1]
 
 
 def _ssim_sums(x: Tensor) -> Tensor:
@@ -209,7 +227,9 @@ def _ssim_sums(x: Tensor) -> Tensor:
     c1 = (0.01 * SSIM_DATA_RANGE) ** 2
     c2 = (0.03 * SSIM_DATA_RANGE) ** 2
     f, refs = x[:, :1], x[:, 1:]
-    m = separable_valid(torch.cat([x, f * f, refs * refs, f * refs], 1), box_taps(SSIM_WINDOW, dtype=x.dtype, device=x.device))
+    m = separable_valid(
+        torch.cat([x, f * f, refs * refs, f * refs], 1), box_taps(SSIM_WINDOW, dtype=x.dtype, device=x.device)
+    )
     mu_f, mu_r = m[:, 0:1], m[:, 1:3]
     var_f = cov_norm * (m[:, 3:4] - mu_f * mu_f)
     var_r = cov_norm * (m[:, 4:6] - mu_r * mu_r)
@@ -260,7 +280,7 @@ MIN_SIDE: dict[str, int] = {"SF": 2, "AG": 2, "SSIM": SSIM_WINDOW, "VIF": _vif_m
 """Smallest image side (pixels) each size-dependent metric accepts."""
 
 
-# ----------------------------------------------------------------------------- public entry points
+# ----------------------------------------------------------------------------- entry points
 
 
 def _as_batch(x: ArrayLike, name: str, device: torch.device) -> Tensor:
@@ -319,9 +339,11 @@ def fusion_metrics_batch(
     side = min(f.shape[-2:])
     for name in names:
         if side < MIN_SIDE.get(name, 1):
-            raise ValueError(f"{name} needs images of at least {MIN_SIDE[name]}×{MIN_SIDE[name]} pixels, got {tuple(f.shape[-2:])}")
-    # On CPU one image at a time keeps the float64 working set in cache (a batch of 8
-    # 640×480 images is ~2× slower per image); on GPU the whole batch runs at once.
+            raise ValueError(
+                f"{name} needs images of at least {MIN_SIDE[name]}×{MIN_SIDE[name]} pixels, got {tuple(f.shape[-2:])}"
+            )
+    # On CPU, one image at a time keeps the float64 working set small enough to stay in cache
+    # (a whole batch of 640×480 maps is slower per image); on GPU the batch runs at once.
     step = 1 if device.type == "cpu" else f.shape[0]
     parts = [
         {n: _UNARY[n](fi) if n in _UNARY else _TERNARY[n](fi, ai, bi) for n in names}

@@ -37,7 +37,9 @@ class ConfusionMatrix:
         k = self.num_classes
         if pred.is_floating_point():
             if pred.dim() != target.dim() + 1 or pred.shape[1] != k:
-                raise ValueError(f"float predictions must be logits B×{k}×H×W for targets B×H×W; got {tuple(pred.shape)}")
+                raise ValueError(
+                    f"float predictions must be logits B×{k}×H×W for targets B×H×W; got {tuple(pred.shape)}"
+                )
             pred = pred.argmax(1)
         if pred.shape != target.shape:
             raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}")
@@ -50,7 +52,9 @@ class ConfusionMatrix:
             pred, target = pred[keep], target[keep]
         for name, t in (("target", target), ("pred", pred)):
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
-                raise ValueError(f"{name} has class indices outside 0..{k - 1} (min {int(t.min())}, max {int(t.max())})")
+                raise ValueError(
+                    f"{name} has class indices outside 0..{k - 1} (min {int(t.min())}, max {int(t.max())})"
+                )
         counts = torch.bincount(target * k + pred, minlength=k * k).view(k, k)
         self.matrix = self.matrix.to(counts.device) + counts
 

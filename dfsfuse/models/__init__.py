@@ -4,6 +4,7 @@ Build any of them by name with :func:`create_model`; importing this package regi
 """
 
 from . import segmentation, student, teacher  # noqa: F401  (registers the models)
+from . import sscm, sspfusion  # noqa: F401  (registers the variants)
 from .outputs import (
     FUSION,
     FUSION_FEATURES,
@@ -16,8 +17,18 @@ from .outputs import (
     SegmentationOutput,
 )
 from .profile import ModelProfile, count_parameters, profile
-from .registry import ModelSpec, create_model, get_model_spec, list_models, model_from_config, model_kind, register_model
+from .registry import (
+    ModelSpec,
+    create_model,
+    get_model_spec,
+    list_models,
+    model_from_config,
+    model_kind,
+    register_model,
+)
 from .segmentation import Segmenter
+from .sscm import SSCMFusion
+from .sspfusion import SSPFusion, SSPFusionOutput
 from .student import Student
 from .teacher import Teacher
 
@@ -34,6 +45,9 @@ __all__ = [
     "SegmentationModel",
     "SegmentationOutput",
     "Segmenter",
+    "SSCMFusion",
+    "SSPFusion",
+    "SSPFusionOutput",
     "Student",
     "Teacher",
     "count_parameters",

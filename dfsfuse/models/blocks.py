@@ -163,9 +163,7 @@ class WaveletBlock(nn.Module):
         super().__init__()
         self.dwt = DWTForward(J=1, wave=wave, mode="zero")
         self.idwt = DWTInverse(wave=wave, mode="zero")
-        self.low = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, dim, 3, padding=1)
-        )
+        self.low = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, dim, 3, padding=1))
         high = dim * 3
         self.high = nn.Sequential(
             nn.Conv2d(high, high, 1),
@@ -189,7 +187,9 @@ class DualBranchBlock(nn.Module):
     """The teacher's unit: global (transformer) and frequency (wavelet) branches in parallel,
     merged by a 1×1 conv and added to the input."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, wave: str = "haar", drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float = 2.0, wave: str = "haar", drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.global_branch = TransformerBlock(dim, heads, mlp_ratio, drop_path)
         self.frequency_branch = WaveletBlock(dim, wave)

@@ -40,7 +40,7 @@ class FusionOutput:
     """Result of a fusion model: ``fused`` B×1×H×W in [0, 1] and named full-size features."""
 
     fused: Tensor
-    features: "OrderedDict[str, Tensor]" = field(default_factory=OrderedDict)
+    features: OrderedDict[str, Tensor] = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class SegmentationOutput:
     """Result of a segmentation model: ``logits`` B×K×H×W and named decoder features."""
 
     logits: Tensor
-    features: "OrderedDict[str, Tensor]" = field(default_factory=OrderedDict)
+    features: OrderedDict[str, Tensor] = field(default_factory=OrderedDict)
 
 
 class ArchModule(nn.Module, metaclass=ABCMeta):

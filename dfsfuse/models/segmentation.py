@@ -12,7 +12,7 @@ Inputs are padded to the backbone's largest stride and the outputs cropped back.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import timm
 import torch.nn.functional as F

@@ -11,7 +11,8 @@ Layout (``width`` = W):
   clamped to [0, 1].
 
 Every conv has stride 1, so the network takes any H×W without padding, its ONNX export
-keeps dynamic height/width, and all features are at the input size.
+keeps dynamic height/width, and all features are at the input size. On CPU the maps are
+laid out channels-last after the stems (oneDNN runs these narrow convs about twice as fast).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class Student(FusionModel):
         self.width = width
         self.encoder_ir = _Encoder(width, norm)
         self.encoder_vis = _Encoder(width, norm)
-        self.fuse = nn.Sequential(ConvAct(width * 2, width, 1, norm=norm), SeparableResBlock(width, dilation=2, norm=norm))
+        self.fuse = nn.Sequential(
+            ConvAct(width * 2, width, 1, norm=norm), SeparableResBlock(width, dilation=2, norm=norm)
+        )
         self.decoder = nn.Sequential(ConvAct(width * 3, width, 1, norm=norm), SeparableResBlock(width, norm=norm))
         self.head = OutputHead(width)
 

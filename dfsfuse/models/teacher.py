@@ -23,7 +23,16 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvAct, DualBranchBlock, Downsample, OutputHead, Upsample, crop_to, fused_from_residual, pad_to_multiple
+from .blocks import (
+    ConvAct,
+    Downsample,
+    DualBranchBlock,
+    OutputHead,
+    Upsample,
+    crop_to,
+    fused_from_residual,
+    pad_to_multiple,
+)
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 

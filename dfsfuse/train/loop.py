@@ -44,6 +44,10 @@ class TrainingInterrupted(RuntimeError):
     """Raised after a signal-triggered checkpoint; the run can continue with ``--resume``."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded (truncated, corrupt, or not made by this run)."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the stage, step and term."""
 
@@ -105,7 +109,7 @@ def read_trainer_state(ckpt: Path) -> dict:
         state = json.loads(path.read_text())
         int(state["step"]), int(state["batches"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: corrupt trainer state ({exc})") from None
+        raise CheckpointError(f"{path}: corrupt trainer state ({exc})") from None
     return state
 
 
@@ -178,7 +182,11 @@ def train_stage(
     if resume and checkpoint_dirs(checkpoint_root):
         latest = checkpoint_dirs(checkpoint_root)[-1]
         state = read_trainer_state(latest)
-        accelerator.load_state(str(latest))
+        try:
+            accelerator.load_state(str(latest))
+        except Exception as exc:  # truncated/corrupt/tampered files: one line naming the checkpoint
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(f"{latest}: cannot load checkpoint ({type(exc).__name__}: {detail[:200]})") from None
         step, batches, skipped = int(state["step"]), int(state["batches"]), int(state.get("skipped", 0))
         if dynamic is not None and state.get("dynamic_weights"):
             dynamic.load_state_dict(state["dynamic_weights"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -48,10 +48,8 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
     config. ``split_batches`` makes ``batch_size`` the global batch, so a run on N processes
     optimises the same objective as a run on one.
     """
-    # Only the main process logs: the tracker is not even built elsewhere.
-    trackers = [JSONLinesTracker("distill", str(run_dir))] if PartialState().is_main_process else []
     accelerator = Accelerator(
-        log_with=trackers,
+        log_with=[JSONLinesTracker("distill", str(run_dir))],  # Accelerate logs on the main process only
         project_dir=str(run_dir),
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True,
                                                   data_seed=cfg.train.seed),

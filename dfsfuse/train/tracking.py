@@ -30,12 +30,12 @@ class JSONLinesTracker(GeneralTracker):
     requires_logging_directory = True
     main_process_only = True
 
-    @on_main_process
+    # __init__ must not touch accelerate's process state: the tracker is built before the
+    # Accelerator, and an early PartialState() would pin the run to a single process.
     def __init__(self, run_name: str, logging_dir: str, **kwargs) -> None:
         super().__init__()
         self.run_name = run_name
         self.dir = Path(logging_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "log.jsonl"
         self._t0 = time.time()
 
@@ -45,12 +45,14 @@ class JSONLinesTracker(GeneralTracker):
 
     @on_main_process
     def store_init_configuration(self, values: Dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(json.dumps(values, indent=2, default=str))
 
     @on_main_process
     def log(self, values: Dict[str, Any], step: Optional[int] = None, **kwargs) -> None:
         record = {"step": step, "time": round(time.time() - self._t0, 3)}
         record.update({k: _plain(v) for k, v in values.items()})
+        self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 

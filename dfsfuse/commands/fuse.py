@@ -1,0 +1,51 @@
+"""``dfsfuse fuse``: fuse folders of IR/VIS pairs with a trained student (colour kept).
+
+Exit code 0 when every pair fused (or was already there), 1 when some pairs failed (each
+named on stderr), 2 when nothing could start (no model, missing folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, fuse the folders, print one line per failure and a summary."""
+    from rich.console import Console
+
+    from ..fuse import FuseOptions, fuse_folder, load_fusion_model, resolve_device
+
+    options = FuseOptions(gray=args.gray, batch_size=args.batch_size, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    model = load_fusion_model(args.model, device)
+    err = Console(stderr=True, highlight=False)
+    summary = fuse_folder(model, args.ir, args.vi, args.out, options, console=err)
+    print(f"{summary.line()} → {args.out}")
+    if summary.failed:
+        err.print(f"{len(summary.failed)} pair(s) failed; see the error lines above", soft_wrap=True, markup=False)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``fuse`` subcommand."""
+    parser = subparsers.add_parser(
+        "fuse",
+        help="fuse folders of IR/VIS pairs with a trained student",
+        description=(
+            "Fuse every infrared/visible pair (matched by file name stem) into OUT/<stem>.png. "
+            "The visible luminance is fused with IR and the visible colour put back (--gray: luminance only). "
+            "Bad pairs are reported one per line; the others still fuse (exit code 1 if any failed)."
+        ),
+    )
+    parser.add_argument("--model", default=None,
+                        help="model folder (from `dfsfuse export`) or hub id; default: the student shipped with dfsfuse")
+    parser.add_argument("--ir", type=Path, required=True, help="folder of infrared images")
+    parser.add_argument("--vi", type=Path, required=True, help="folder of visible images (colour or grey)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    parser.add_argument("--gray", action="store_true", help="write the fused luminance only, not colour")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=4, help="equal-size pairs fused together (default 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    parser.set_defaults(func=run)

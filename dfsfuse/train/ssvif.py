@@ -1,0 +1,154 @@
+"""SSVIF: label-free, segmentation-oriented fusion training by cross-segmentation consistency.
+
+No segmentation label is read. A light head (:class:`FeatureSegHead`) segments the
+*feature-level* fusion (the fusion model's ``features["fusion"]``) and the segmenter segments
+the *pixel-level* fusion (the fused image); the two segmentations must agree
+(:func:`~dfsfuse.losses.cross_seg_consistency`, symmetric KL, both sides trained), so the
+fusion network learns to keep what makes the scene segmentable.
+
+Two stages: for the first ``warmup`` steps only the fusion loss trains; then fusion and
+consistency train jointly. The objective returns the terms ``fusion`` (the whole weighted
+fusion loss) and ``consistency``, which :func:`ssvif_dynamic_weights` balances dynamically
+(``DynamicWeights``) once the joint stage has two steps of history. During the warm-up the
+consistency term is still computed, with weight 0: every parameter takes part in every step,
+as DDP requires, and no gradient of it reaches any network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch.nn.functional as F
+from timm.layers import ConvNormAct
+from torch import Tensor, nn
+
+from ..losses import DynamicWeights, FusionLoss, cross_seg_consistency, total_loss
+from .objectives import auxiliary_terms, fusion_loss_from
+
+SSVIF_TERMS: tuple[str, ...] = ("fusion", "consistency")
+"""The terms :class:`SSVIFObjective` returns that dynamic weighting balances (``aux_*`` terms pass through)."""
+
+SSVIF_CONFIG_KEYS: tuple[str, ...] = (
+    "consistency",
+    "consistency_warmup",
+    "consistency_temperature",
+    "consistency_dynamic",
+)
+"""The ``loss.*`` config keys SSVIF reads (see :meth:`SSVIFObjective.from_config`)."""
+
+
+class FeatureSegHead(nn.Module):
+    """Light segmentation head on fused features: two stride-2 3×3 blocks, a dilated one, 1×1 classifier.
+
+    The logits are upsampled bilinearly to the input's H×W, so they pair pixel by pixel with
+    the segmenter's logits on the fused image.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvNormAct(in_channels, width, 3, stride=2),
+            ConvNormAct(width, width, 3, stride=2),
+            ConvNormAct(width, width, 3, dilation=2),
+        )
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """B×C×H×W fused features → B×K×H×W logits."""
+        logits = self.classifier(self.body(features))
+        return F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class SSVIFObjective(nn.Module):
+    """Stage 1, label-free: fusion loss + cross-segmentation consistency, fusion warm-up first.
+
+    ``forward(batch)`` reads only ``ir`` and ``vis_y`` and returns already weighted terms:
+    ``fusion`` (sum of the fusion loss's terms), ``aux_*`` (the fusion model's own losses,
+    e.g. SSPFusion's structure loss) and ``consistency`` (``w · cross_seg_consistency`` of
+    the feature-level and pixel-level segmentations; weight 0 before ``warmup`` steps).
+    Call :meth:`set_step` with the step about to run before each optimizer step.
+
+    Attributes ``fusion`` and ``segmenter`` have the names :class:`TeacherObjective` uses, so
+    the trained pair exports the same way; ``feature_head`` is training-only.
+
+    Args:
+        fusion: the fusion model (its ``feature_channels["fusion"]`` sizes the head).
+        segmenter: the segmentation model run on the fused image (``num_classes`` sizes the head).
+        fusion_loss: the unsupervised fusion loss.
+        consistency: weight of the consistency term in the joint stage (positive).
+        warmup: fusion-only steps before the joint stage.
+        temperature: softmax temperature of the consistency term.
+        head_width: channels of :class:`FeatureSegHead`.
+    """
+
+    def __init__(
+        self,
+        fusion: nn.Module,
+        segmenter: nn.Module,
+        fusion_loss: FusionLoss,
+        consistency: float = 1.0,
+        warmup: int = 0,
+        temperature: float = 1.0,
+        head_width: int = 32,
+    ) -> None:
+        super().__init__()
+        if consistency <= 0:
+            raise ValueError(f"consistency weight must be positive for SSVIF, got {consistency}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be non-negative, got {warmup}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.fusion = fusion
+        self.segmenter = segmenter
+        self.feature_head = FeatureSegHead(fusion.feature_channels["fusion"], segmenter.num_classes, head_width)
+        self.fusion_loss = fusion_loss
+        self.w_consistency = float(consistency)
+        self.warmup = int(warmup)
+        self.temperature = float(temperature)
+        self.step = 0
+
+    @classmethod
+    def from_config(cls, fusion: nn.Module, segmenter: nn.Module, cfg: Any) -> "SSVIFObjective":
+        """Build from a ``LossConfig`` carrying the keys in :data:`SSVIF_CONFIG_KEYS`."""
+        return cls(
+            fusion,
+            segmenter,
+            fusion_loss_from(cfg),
+            consistency=cfg.consistency,
+            warmup=cfg.consistency_warmup,
+            temperature=cfg.consistency_temperature,
+        )
+
+    def set_step(self, step: int) -> None:
+        """Record the (0-based) optimizer step about to run; it selects warm-up or joint training."""
+        self.step = int(step)
+
+    @property
+    def joint(self) -> bool:
+        """Whether the current step is in the joint (fusion + consistency) stage."""
+        return self.step >= self.warmup
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        ir, vis_y = batch["ir"], batch["vis_y"]
+        out = self.fusion(ir, vis_y)
+        terms = {"fusion": total_loss(self.fusion_loss(out.fused, ir, vis_y))}
+        terms.update(auxiliary_terms(self.fusion, out, batch))
+        pixel_level = self.segmenter(out.fused).logits
+        feature_level = self.feature_head(out.features["fusion"])
+        weight = self.w_consistency if self.joint else 0.0
+        terms["consistency"] = weight * cross_seg_consistency(feature_level, pixel_level, T=self.temperature)
+        return terms
+
+    def extra_repr(self) -> str:
+        return f"consistency={self.w_consistency}, warmup={self.warmup}, temperature={self.temperature}"
+
+
+def ssvif_dynamic_weights(cfg: Any) -> Optional[DynamicWeights]:
+    """Dynamic weights over :data:`SSVIF_TERMS` (``None`` when ``cfg.consistency_dynamic`` is off).
+
+    They stay at 1 through the warm-up and the first two joint steps (``warmup + 2`` updates),
+    so the ratios only ever compare joint-stage losses.
+    """
+    if not cfg.consistency_dynamic:
+        return None
+    return DynamicWeights(SSVIF_TERMS, temperature=cfg.dynamic_temperature, warmup=cfg.consistency_warmup + 2)
