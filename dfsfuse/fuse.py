@@ -282,7 +282,7 @@ def fuse_folder(model: nn.Module, ir_dir: PathLike, vis_dir: PathLike, out_dir: 
 
 def load_fusion_model(model: Optional[Union[str, PathLike]], device: torch.device) -> nn.Module:
     """``from_pretrained(model)``, or the shipped student when ``model`` is None; must be a fusion model."""
-    from .export import SHIPPED_STUDENT, CONFIG_NAME, ModelLoadError, from_pretrained
+    from .export import CONFIG_NAME, SHIPPED_STUDENT, ModelLoadError, from_pretrained
 
     if model is None:
         if not (SHIPPED_STUDENT / CONFIG_NAME).is_file():

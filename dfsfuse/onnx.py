@@ -35,6 +35,19 @@ class OnnxSignature:
     outputs: Tuple[str, ...]
 
 
+class OnnxUnavailableError(ValueError):
+    """``onnx``/``onnxruntime`` are not installed (they are the optional ``dfsfuse[onnx]`` extra)."""
+
+
+def require_onnx(*modules: str) -> None:
+    """Raise :class:`OnnxUnavailableError` naming the install command if a module is missing."""
+    import importlib.util
+
+    missing = [m for m in modules or ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OnnxUnavailableError(f"ONNX support needs {', '.join(missing)}: pip install 'dfsfuse[onnx]'")
+
+
 FUSION_SIGNATURE = OnnxSignature(inputs=("ir", "vis_y"), outputs=("fused",))
 SEGMENTATION_SIGNATURE = OnnxSignature(inputs=("image",), outputs=("logits",))
 
@@ -84,6 +97,7 @@ def export_onnx(model: nn.Module, path: PathLike, size: Tuple[int, int] = (64, 6
     The file is written to a temporary name beside ``path``, checked with ``onnx.checker``,
     then renamed, so a failed export leaves nothing behind.
     """
+    require_onnx("onnx")
     import onnx
 
     path = Path(path)
@@ -118,6 +132,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: PathLike, providers: Optional[Sequence[str]] = None) -> None:
+        require_onnx("onnxruntime")
         import onnxruntime as ort
 
         self.path = Path(path)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
-from dfsfuse.models import create_model
-from dfsfuse.onnx import OnnxModel, export_onnx, max_onnx_error
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from dfsfuse.models import create_model  # noqa: E402
+from dfsfuse.onnx import OnnxModel, export_onnx, max_onnx_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")

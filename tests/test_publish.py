@@ -6,6 +6,7 @@ nothing touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -207,26 +208,27 @@ def test_fuse_unusable_setup_exits_2(tmp_path, student_dir, problem, capsys):
 
 
 def test_fuse_tno_then_eval(tmp_path, student_dir, shared_data, capsys):
-    """The done-when check with a tiny model: TNO (grey RGB PNGs, odd sizes) fuses, then evaluates."""
+    """The done-when check on a few TNO pairs with a tiny model: grey RGB PNGs of odd sizes
+    (575×475, 595×328, two 360×270 fused as one batch) fuse to grey colour pictures, then evaluate."""
     tno = shared_data / "tno"
-    if not (tno / "ir").is_dir():
+    stems = ["05", "08", "19", "20"]
+    if not all((tno / d / f"{s}.png").is_file() for d in ("ir", "vi") for s in stems):
         pytest.skip("TNO pairs not available")
+    for folder in ("ir", "vi"):
+        (tmp_path / folder).mkdir()
+        for stem in stems:
+            shutil.copy(tno / folder / f"{stem}.png", tmp_path / folder / f"{stem}.png")
     out = tmp_path / "fused"
-    count = len([p for p in (tno / "ir").iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp")])
-    assert cli.main(["fuse", "--model", str(student_dir), "--ir", str(tno / "ir"), "--vi", str(tno / "vi"),
-                     "--out", str(out), "--device", "cpu"]) == 0
-    fused = sorted(out.glob("*.png"))
-    assert len(fused) == count
-    for path in fused[:3]:
-        with Image.open(path) as img, Image.open(next((tno / "ir").glob(f"{path.stem}.*"))) as ir:
+    assert fuse_cli(student_dir, tmp_path, out) == 0
+    assert sorted(p.stem for p in out.iterdir()) == stems
+    for stem in stems:
+        with Image.open(out / f"{stem}.png") as img, Image.open(tno / "ir" / f"{stem}.png") as ir:
             assert img.mode == "RGB" and img.size == ir.size
-    few = tmp_path / "few"
-    few.mkdir()
-    for path in fused[:2]:
-        shutil.copy(path, few / path.name)
+            rgb = np.asarray(img)
+        assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
     capsys.readouterr()
-    assert cli.main(["eval", "--fused", str(few), "--ir", str(tno / "ir"), "--vi", str(tno / "vi")]) == 0
-    assert "EN" in capsys.readouterr().out
+    assert cli.main(["eval", "--fused", str(out), "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi")]) == 0
+    assert "Fusion metrics (4 images)" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------- from_pretrained
@@ -395,13 +397,17 @@ def front_matter(card: str) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def test_export_run_folder_is_hub_ready(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     out = tmp_path / "export"
-    assert cli.main(["export", str(run), "--out", str(out), "--onnx"]) == 0
-    assert "ONNX check" in capsys.readouterr().out
+    assert cli.main(["export", str(run), "--out", str(out)] + (["--onnx"] if HAS_ONNX else [])) == 0
+    assert ("ONNX check" in capsys.readouterr().out) == HAS_ONNX
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["model.safetensors", "config.json", "README.md", "sample.png", "comparison.png", "model.onnx"])
+        ["model.safetensors", "config.json", "README.md", "sample.png", "comparison.png"]
+        + (["model.onnx"] if HAS_ONNX else []))
     card = (out / "README.md").read_text()
     meta = front_matter(card)
     assert meta["library_name"] == "dfsfuse" and meta["license"] and meta["pipeline_tag"] == "image-to-image"
@@ -409,6 +415,7 @@ def test_export_run_folder_is_hub_ready(tmp_path, capsys):
     assert "| msrs_heldout | student | 6.5000 |" in card  # held-out metrics table
     assert "| 12.5000 | 48×64 |" in card  # latency reused from the run, at its size
     assert "recipe config" in card and "max_steps: 5" in card and "0.390" in card and "sample.png" in card
+    assert ("## ONNX" in card) == HAS_ONNX
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "student" and config["kwargs"]["width"] == 4 and config["train_steps"] == 5
     exported, original = from_pretrained(out), from_pretrained(run / "student")

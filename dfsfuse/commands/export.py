@@ -18,6 +18,10 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_student, push_to_hub
     from ..fuse import resolve_device
 
+    if args.onnx:
+        from ..onnx import require_onnx
+
+        require_onnx()
     console = Console(highlight=False)
     device = resolve_device(args.device) if args.latency_runs > 0 else "cpu"
     result = export_student(args.source, args.out, onnx=args.onnx, latency_runs=args.latency_runs, device=device,
