@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def load_images(data: Path, count: int) -> tuple[list[tuple[np.ndarray, np.ndarr
     return triples, "synthetic 480×640 (shared data not found)"
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+def _best_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
     fn()  # warm-up
     sync()
     times = []
@@ -67,11 +66,11 @@ def _median_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None])
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return min(times) * 1000
 
 
 def time_reference(triples, repeats: int) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Median ms per metric over the given images (each timed ``repeats`` times), and the values."""
+    """Best ms per metric over the given images (each timed ``repeats`` times), and the values."""
     per_metric: dict[str, list[float]] = {n: [] for n in METRIC_NAMES}
     values = []
     for f, a, b in triples:
@@ -84,7 +83,7 @@ def time_reference(triples, repeats: int) -> tuple[dict[str, float], list[dict[s
                 row[name] = fn(*args)
                 per_metric[name].append((time.perf_counter() - start) * 1000)
         values.append(row)
-    return {n: statistics.median(t) for n, t in per_metric.items()}, values
+    return {n: min(t) for n, t in per_metric.items()}, values
 
 
 def cpu_name() -> str:
@@ -123,7 +122,8 @@ def settings(args: argparse.Namespace, source: str, shape: tuple[int, int], devi
         "repeats": args.repeats,
         "reference_images": args.reference_images,
         "reference_repeats": 1,
-        "timer": "median of time.perf_counter() over repeats after one warm-up (cuda: synchronised)",
+        "timer": "best (min) wall time of time.perf_counter() over repeats after one warm-up (cuda: synchronised); "
+        "reference: best over its images, one run each",
     }
 
 
@@ -152,10 +152,10 @@ def run(args: argparse.Namespace) -> dict:
     single = [x[:1] for x in stacked]
 
     torch_ms = {
-        n: _median_ms(lambda n=n: fusion_metrics_batch(*single, metrics=[n]), args.repeats, sync) for n in METRIC_NAMES
+        n: _best_ms(lambda n=n: fusion_metrics_batch(*single, metrics=[n]), args.repeats, sync) for n in METRIC_NAMES
     }
-    full_single = _median_ms(lambda: fusion_metrics_batch(*single), args.repeats, sync)
-    full_batch = _median_ms(lambda: fusion_metrics_batch(*batch), args.repeats, sync) / args.batch
+    full_single = _best_ms(lambda: fusion_metrics_batch(*single), args.repeats, sync)
+    full_batch = _best_ms(lambda: fusion_metrics_batch(*batch), args.repeats, sync) / args.batch
 
     checked = fusion_metrics_batch(*[x[: args.reference_images] for x in stacked])
     max_rel = {

@@ -16,6 +16,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _ms(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not math.isnan(value) else "n/a"
+
+
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "n/a" if value is None else str(value)
 
@@ -71,7 +75,7 @@ def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mappi
         out += ["## Size and speed", "", "| params | GMAC | latency (ms) | size | device |",
                 "| ---: | ---: | ---: | --- | --- |",
                 f"| {_count(summary.get('params'))} | {_fmt(summary.get('gmac', 'n/a'))} | "
-                f"{_fmt(summary.get('latency_ms', 'n/a'))} | {summary.get('height', '?')}×{summary.get('width', '?')} | "
+                f"{_ms(summary.get('latency_ms'))} | {summary.get('height', '?')}×{summary.get('width', '?')} | "
                 f"{summary.get('device', 'n/a')} |", ""]
     if metrics:
         out += ["## Metrics on held-out pairs", "",
@@ -82,7 +86,8 @@ def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mappi
         out += ["## Training", ""]
         for key, value in training.items():
             if key != "config":
-                out.append(f"- **{key}**: {value}")
+                shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                out.append(f"- **{key}**: {shown}")
         if training.get("config") is not None:
             out += ["", "<details><summary>recipe config</summary>", "", "```yaml",
                     yaml.safe_dump(training["config"], sort_keys=False).strip(), "```", "", "</details>"]

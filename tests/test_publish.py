@@ -413,7 +413,8 @@ def test_export_run_folder_is_hub_ready(tmp_path, capsys):
     assert meta["library_name"] == "dfsfuse" and meta["license"] and meta["pipeline_tag"] == "image-to-image"
     assert "student" in meta["tags"] and meta["datasets"] == ["msrs_bundled", "synthetic scenes"]
     assert "| msrs_heldout | student | 6.5000 |" in card  # held-out metrics table
-    assert "| 12.5000 | 48×64 |" in card  # latency reused from the run, at its size
+    assert "| 12.5 | 48×64 |" in card  # latency reused from the run, at its size
+    assert "- **datasets**: msrs_bundled, synthetic scenes" in card
     assert "recipe config" in card and "max_steps: 5" in card and "0.390" in card and "sample.png" in card
     assert ("## ONNX" in card) == HAS_ONNX
     config = json.loads((out / "config.json").read_text())
