@@ -14,8 +14,12 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, fuse the folders, print one line per failure and a summary."""
     from rich.console import Console
 
+    from ..data.errors import DatasetError
     from ..fuse import FuseOptions, fuse_folder, load_fusion_model, resolve_device
 
+    for flag, folder in (("--ir", args.ir), ("--vi", args.vi)):  # fail fast, before loading a model
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: {flag} folder not found")
     options = FuseOptions(gray=args.gray, batch_size=args.batch_size, overwrite=args.overwrite)
     device = resolve_device(args.device)
     model = load_fusion_model(args.model, device)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pytorch_wavelets import DWTForward
+from ..wavelets import DWTForward
 from torch import Tensor, nn
 
 from .fusion import no_autocast, weighted_mean

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pytorch_wavelets import DWTForward, DWTInverse
+from ..wavelets import DWTForward, DWTInverse
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 

@@ -1,9 +1,14 @@
-"""A rich progress bar for a training stage: loss, steps/s and ETA, on the main process only."""
+"""A rich progress bar for a training stage: loss, steps/s and ETA, on the main process only.
+
+When output is not a terminal (CI logs, ``nohup``), a bar cannot redraw, so a plain line is
+printed at every 10% of the stage instead.
+"""
 
 from __future__ import annotations
 
 import time
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -15,9 +20,12 @@ class StageProgress:
         self._progress = None
         self._task = None
         self._t0 = 0.0
+        self._console = Console()
+        self._plain = enabled and not self._console.is_terminal
+        self._next_report = start
 
     def __enter__(self) -> "StageProgress":
-        if self.enabled:
+        if self.enabled and not self._plain:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} step/s"),
@@ -31,10 +39,15 @@ class StageProgress:
 
     def update(self, step: int, loss: float) -> None:
         """Record that ``step`` finished with ``loss``."""
-        if self._progress is None:
-            return
-        rate = (step - self.start) / max(1e-9, time.time() - self._t0)
-        self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
+        elapsed = max(1e-9, time.time() - self._t0)
+        rate = (step - self.start) / elapsed
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
+        elif self._plain and (step >= self._next_report or step == self.total):
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            self._console.print(f"{self.name}: step {step}/{self.total}  loss {loss:.4f}  "
+                                f"{rate:.2f} step/s  elapsed {elapsed:.0f} s  ETA {eta:.0f} s")
+            self._next_report = step + max(1, self.total // 10)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
