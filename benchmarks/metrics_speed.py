@@ -116,6 +116,7 @@ def settings(args: argparse.Namespace, source: str, shape: tuple[int, int], devi
         "scikit-learn": sklearn.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_average_1min_at_start": args.load_average,
         "images": source,
         "image_size_hw": list(shape),
         "batch": args.batch,
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.batch, args.repeats, args.reference_images) < 1:
         parser.error("--batch, --repeats and --reference-images must be at least 1")
+    args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # others sharing the CPU?
     doc = run(args)
     print_report(doc)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,13 @@ How each number is taken:
   one; ``runs`` in the record is the count used). CPU: ``time.perf_counter`` around each
   forward. CUDA: events around each forward, then synchronisation. ``throughput_img_s`` is
   images / total timed seconds.
-- ``peak_mem_mb``: the working memory of one extra, untimed forward (weights and inputs
-  excluded). CUDA: ``max_memory_allocated()`` during it minus ``memory_allocated()`` before.
-  CPU (Linux): freed memory is handed back to the OS (``gc.collect`` + ``malloc_trim``), the
-  kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), and the record is ``VmHWM``
-  after the forward minus ``VmRSS`` before it. ONNX Runtime keeps its own arena, so its
-  forward runs in a fresh session.
+- ``peak_mem_mb``: the working memory of one forward (weights and inputs excluded), taken
+  on the first forward, or for ``compile`` (whose first call compiles) on one extra forward
+  after the timed ones. CUDA: ``max_memory_allocated()`` during it minus ``memory_allocated()``
+  before. CPU (Linux): freed memory is handed back to the OS (``gc.collect`` +
+  ``malloc_trim``), the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), and the
+  record is ``VmHWM`` after the forward minus ``VmRSS`` before it. ONNX Runtime on CUDA
+  allocates outside torch: not measured there.
 - Isolation (default): each measurement runs in a fresh Python process under a hard time
   limit, so compile caches and allocator state never leak between measurements and a crash
   or a hang becomes a record (``status="error"`` / ``"timeout"``) instead of ending the run.
@@ -266,6 +267,7 @@ class BenchRecord:
     prepare_s: Optional[float] = None
     arch: str = ""
     kind: str = ""
+    load_avg_1m: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -300,7 +302,17 @@ class BenchSettings:
     memory_method: str
     macs_method: str
     created: str
+    load_avg_start: Optional[List[float]] = None
+    load_avg_end: Optional[List[float]] = None
     note: str = ""
+
+
+def _load_average() -> Optional[List[float]]:
+    """1-, 5- and 15-minute system load (runnable processes), to judge how busy a shared machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -392,7 +404,7 @@ def unsupported_reason(mode: str, device: str) -> Optional[str]:
         except ImportError:
             return f"torch {torch.__version__} has no torch.compile"
         if not is_dynamo_supported():
-            return f"torch.compile is not supported on Python {platform.python_version()} with torch {torch.__version__}"
+            return f"torch.compile does not support Python {platform.python_version()} in torch {torch.__version__}"
     if mode == "onnxruntime":
         missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
         if missing:
@@ -407,12 +419,10 @@ def unsupported_reason(mode: str, device: str) -> Optional[str]:
 
 @dataclass
 class Prepared:
-    """A ready-to-run forward for one mode; ``fresh`` (ONNX Runtime) builds a new, cold forward
-    for the memory pass."""
+    """A ready-to-run forward for one mode; ``torch_memory`` says whether torch allocates its memory."""
 
     forward: Callable[[], Any]
-    fresh: Optional[Callable[[], Callable[[], Any]]] = None
-    uses_torch_memory: bool = True
+    torch_memory: bool = True
 
 
 def _prepare(model: nn.Module, mode: str, inputs: List[torch.Tensor], threads: int, workdir: Path) -> Prepared:
@@ -448,16 +458,13 @@ def _prepare_onnxruntime(model: nn.Module, inputs: List[torch.Tensor], threads: 
     cuda = inputs[0].device.type == "cuda"
     feed = {name: x.detach().cpu().numpy() for name, x in zip(signature_of(model).inputs, inputs)}
 
-    def session() -> Callable[[], Any]:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        return lambda: sess.run(None, feed)
-
-    return Prepared(session(), fresh=session, uses_torch_memory=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    return Prepared(lambda: session.run(None, feed), torch_memory=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,14 +476,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _PeakMemory:
+    """Context manager: ``mb`` is the working memory of what runs inside (see the module docstring),
+    ``None`` when it cannot be measured here."""
+
+    def __init__(self, device: torch.device, wanted: bool = True) -> None:
+        self.device = device
+        self.enabled = wanted and (device.type == "cuda" or cpu_memory_method() is not None)
+        self.mb: Optional[float] = None
+
+    def __enter__(self) -> "_PeakMemory":
+        if not self.enabled:
+            return self
+        if self.device.type == "cuda":
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            _release_free_memory()
+            _CLEAR_REFS.write_text("5")
+            self.base = _proc_status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.enabled or exc[0] is not None:
+            return
+        if self.device.type == "cuda":
+            _sync(self.device)
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / MIB
+        else:
+            self.mb = max(0, _proc_status_kb("VmHWM") - self.base) / 1024
+
+
 def _time_runs(prepared: Prepared, job: Job, device: torch.device, note: Callable[[str], None]) -> Measurement:
-    """Warm up, then time forwards as the module docstring describes."""
-    events = device.type == "cuda" and prepared.uses_torch_memory
-    start = time.perf_counter()
-    prepared.forward()
-    _sync(device)
-    first_ms = (time.perf_counter() - start) * 1000
-    note(f"first forward took {first_ms / 1000:.1f} s")
+    """First forward (memory measured unless compiling), warm-up, then timed forwards (module docstring)."""
+    cuda = device.type == "cuda"
+    events = cuda and prepared.torch_memory
+    with _PeakMemory(device, job.mode != "compile" and (prepared.torch_memory or not cuda)) as memory:
+        start = time.perf_counter()
+        prepared.forward()
+        _sync(device)
+        first_ms = (time.perf_counter() - start) * 1000
+    note(f"first forward took {first_ms / 1000:.1f} s, warming up")
     warmup, warm_start = 1, time.perf_counter()
     while warmup < job.warmup and time.perf_counter() - warm_start < job.max_seconds / 2:
         prepared.forward()
@@ -496,12 +537,18 @@ def _time_runs(prepared: Prepared, job: Job, device: torch.device, note: Callabl
             prepared.forward()
             _sync(device)
             times.append((time.perf_counter() - t0) * 1000)
-        note(f"{warmup} warm-up forwards, {len(times)} timed ({times[-1] / 1000:.1f} s the last)")
+        note(f"first forward {first_ms / 1000:.1f} s, {warmup} warm-up, {len(times)} timed "
+             f"(last {times[-1] / 1000:.1f} s)")
+    peak = memory.mb
+    if job.mode == "compile":
+        with _PeakMemory(device) as memory:
+            prepared.forward()
+        peak = memory.mb
     p50, p95 = np.percentile(times, [50, 95])
     return Measurement(
         latency_ms_p50=float(p50), latency_ms_p95=float(p95), latency_ms_mean=float(np.mean(times)),
         latency_ms_min=float(np.min(times)), throughput_img_s=job.batch * len(times) * 1000 / sum(times),
-        runs=len(times), warmup=warmup, first_run_ms=first_ms,
+        peak_mem_mb=peak, runs=len(times), warmup=warmup, first_run_ms=first_ms,
     )
 
 
@@ -523,38 +570,14 @@ def cpu_memory_method() -> Optional[str]:
         _proc_status_kb("VmHWM")
     except (OSError, KeyError):
         return None
-    return "VmHWM after one forward minus VmRSS before it (peak RSS reset via /proc/self/clear_refs; gc + malloc_trim first)"
+    return ("VmHWM after one forward minus VmRSS before it (peak RSS reset via /proc/self/clear_refs; "
+            "gc + malloc_trim first); first forward, or an extra one after timing for compile")
 
 
 def _release_free_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _peak_memory_mb(prepared: Prepared, device: torch.device) -> Optional[float]:
-    """Working memory of one forward (see the module docstring); ``None`` when it cannot be measured."""
-    if device.type == "cuda":
-        if not prepared.uses_torch_memory:
-            return None
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        out = prepared.forward()
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        del out
-        return peak / MIB
-    if cpu_memory_method() is None:
-        return None
-    forward = prepared.fresh() if prepared.fresh is not None else prepared.forward
-    _release_free_memory()
-    _CLEAR_REFS.write_text("5")
-    base = _proc_status_kb("VmRSS")
-    out = forward()
-    peak = _proc_status_kb("VmHWM")
-    del out
-    return max(0, peak - base) / 1024
 
 
 def measure(job: Job, note: Callable[[str], None] = lambda _: None) -> Measurement:
@@ -574,10 +597,9 @@ def measure(job: Job, note: Callable[[str], None] = lambda _: None) -> Measureme
             except Exception as exc:  # a model that cannot be built or exported in this mode
                 return Measurement(status=ERROR, reason=f"preparing: {_reason(exc)}")
             prepare_s = time.perf_counter() - t0
-            note(f"prepared in {prepare_s:.1f} s")
+            note(f"prepared in {prepare_s:.1f} s, first forward still running")
             try:
                 result = _time_runs(prepared, job, device, note)
-                result.peak_mem_mb = _peak_memory_mb(prepared, device)
             except Exception as exc:  # e.g. torch.compile failing on its first call
                 return Measurement(status=ERROR, reason=f"running: {_reason(exc)}", prepare_s=prepare_s)
             result.prepare_s = prepare_s
@@ -638,7 +660,8 @@ def measure_isolated(job: Job, timeout_s: float) -> Measurement:
             return Measurement(**json.loads(out_path.read_text()))
         lines = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
         how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        return Measurement(status=ERROR, reason=f"worker died ({how}): {lines[-1].strip() if lines else 'no output'}"[:300])
+        last = lines[-1].strip() if lines else "no output"
+        return Measurement(status=ERROR, reason=f"worker died ({how}): {last}"[:300])
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,7 +677,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _settings(config: BenchConfig, modes: Sequence[str], threads: int, reference: Optional[str]) -> BenchSettings:
+def _settings(config: BenchConfig, modes: Sequence[str], threads: int, reference: Optional[str],
+              load_start: Optional[List[float]]) -> BenchSettings:
     device = torch.device(config.device)
     cuda = device.type == "cuda"
     ort_version = None
@@ -674,7 +698,8 @@ def _settings(config: BenchConfig, modes: Sequence[str], threads: int, reference
         sizes=[list(s) for s in config.sizes], batches=list(config.batches), reference=reference,
         timing_method=timing, memory_method=memory,
         macs_method="dfsfuse.models.profile on the meta device (FlopCounterMode; conv + matmul; MACs = FLOPs / 2)",
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), note=config.note,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), load_avg_start=load_start,
+        load_avg_end=_load_average(), note=config.note,
     )
 
 
@@ -713,6 +738,7 @@ def run_benchmark(config: BenchConfig, on_record: Optional[Callable[[BenchRecord
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model {model.label!r}: {exc}") from None
     reference = _reference_label(models, config.reference)
+    load_start = _load_average()
     records: List[BenchRecord] = []
     for size in config.sizes:
         for batch in config.batches:
@@ -722,6 +748,7 @@ def run_benchmark(config: BenchConfig, on_record: Optional[Callable[[BenchRecord
                 for mode in modes:
                     job = Job(model, kind, mode, batch, size[0], size[1], config.device, threads,
                               config.warmup, config.runs, config.max_seconds)
+                    load = _load_average()
                     why = unsupported_reason(mode, config.device)
                     if why is not None:
                         result = Measurement(status=UNSUPPORTED, reason=why)
@@ -731,21 +758,21 @@ def run_benchmark(config: BenchConfig, on_record: Optional[Callable[[BenchRecord
                         result = measure(job)
                     if count_problem and result.status == OK:
                         result.reason = count_problem
-                    record = _record(job, params, macs, result)
+                    record = _record(job, params, macs, result, load[0] if load else None)
                     records.append(record)
                     if on_record is not None:
                         on_record(record)
-    settings = _settings(config, modes, threads, reference)
+    settings = _settings(config, modes, threads, reference, load_start)
     return BenchResult(settings, records, compute_speedups(records, reference, models) if reference else [])
 
 
-def _record(job: Job, params: Optional[int], macs: Optional[int], m: Measurement) -> BenchRecord:
+def _record(job: Job, params: Optional[int], macs: Optional[int], m: Measurement, load: Optional[float]) -> BenchRecord:
     values = {f.name: getattr(m, f.name) for f in fields(Measurement)}
     for key, value in values.items():
         if isinstance(value, float):
             values[key] = round(value, 3)
     return BenchRecord(model=job.model.label, arch=job.model.name, kind=job.kind, mode=job.mode, batch=job.batch,
-                       height=job.height, width=job.width, params=params, macs=macs, **values)
+                       height=job.height, width=job.width, params=params, macs=macs, load_avg_1m=load, **values)
 
 
 def compute_speedups(records: Iterable[BenchRecord], reference: str,
@@ -819,7 +846,8 @@ def print_report(result: BenchResult, console: Any = None) -> None:
 
     console = console or Console()
     s = result.settings
-    table = Table(title=f"Speed on {s.device_name} ({s.device}, {s.threads} threads, torch {s.torch_version})")
+    load = f", load {s.load_avg_start[0]:g}→{s.load_avg_end[0]:g}" if s.load_avg_start and s.load_avg_end else ""
+    table = Table(title=f"Speed on {s.device_name} ({s.device}, {s.threads} threads, torch {s.torch_version}{load})")
     for name in ("model", "mode", "batch", "size", "params", "MACs", "p50 ms", "p95 ms", "img/s", "peak MB", "runs",
                  "status"):
         table.add_column(name, justify="left" if name in ("model", "mode", "size", "status") else "right",

@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 import dfsfuse
 from dfsfuse import cli
 from dfsfuse.data.io import read_pair, rgb_to_cbcr
-from dfsfuse.export import ModelLoadError, from_pretrained, push_to_hub, save_pretrained
+from dfsfuse.export import ModelLoadError, from_pretrained, save_pretrained
+from dfsfuse.publish import push_to_hub
 from dfsfuse.fuse import FuseOptions, fuse_arrays, fuse_folder
 from dfsfuse.models import create_model, list_models, model_kind
 

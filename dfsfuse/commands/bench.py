@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--warmup", type=int, default=3, help="warm-up forwards per measurement (default 3)")
     parser.add_argument("--runs", type=int, default=30, help="timed forwards per measurement, at most (default 30)")
     parser.add_argument("--max-seconds", type=float, default=20.0,
-                        help="stop timing a measurement once its timed runs add up to this (default 20; at least 1 run)")
+                        help="stop timing once the timed runs add up to this (default 20; at least 1 run)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="kill a measurement's worker process after this many seconds (default 300)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     """Export the student, list what was written, and push it when asked."""
     from rich.console import Console
 
-    from ..export import export_student, push_to_hub
+    from ..publish import export_student, push_to_hub
     from ..fuse import resolve_device
 
     if args.onnx:

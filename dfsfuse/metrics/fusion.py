@@ -59,7 +59,8 @@ def entropy(f: Tensor) -> Tensor:
     """EN: Shannon entropy in bits of the 256-bin histogram of ``round(F)``."""
     b = f.shape[0]
     levels = f.round().clamp(0, 255).long().flatten(1)
-    levels = levels + 256 * torch.arange(b, device=f.device).unsqueeze(1)
+    if b > 1:
+        levels = levels + 256 * torch.arange(b, device=f.device).unsqueeze(1)
     counts = torch.bincount(levels.flatten(), minlength=256 * b).view(b, 256).double()
     p = counts / levels.shape[1]
     return -(p * torch.log2(p.clamp_min(1e-300))).sum(1)
@@ -92,7 +93,8 @@ def _mi_byte_levels(f: Tensor, r: Tensor) -> Tensor:
     b = f.shape[0]
     n = f[0].numel()
     idx = f.long().flatten(1) * 256 + r.long().flatten(1)
-    idx = idx + 65536 * torch.arange(b, device=f.device).unsqueeze(1)
+    if b > 1:
+        idx = idx + 65536 * torch.arange(b, device=f.device).unsqueeze(1)
     joint = torch.bincount(idx.flatten(), minlength=65536 * b).view(b, 256, 256).double()
     pf = joint.sum(2, keepdim=True).clamp_min(1)
     pr = joint.sum(1, keepdim=True).clamp_min(1)
@@ -294,11 +296,13 @@ def _as_batch(x: ArrayLike, name: str, device: torch.device) -> Tensor:
     if t.dtype == torch.bool or t.is_complex():
         raise ValueError(f"{name}: expected real grey values, got dtype {t.dtype}")
     t = t.to(device=device, dtype=torch.float64)
-    if t.numel() and not bool(((t >= 0) & (t <= 255)).all()):
-        raise ValueError(
-            f"{name}: values must be finite grey levels in [0, 255] (got min {t.min().item():g}, "
-            f"max {t.max().item():g}); the metrics never divide by 255"
-        )
+    if t.numel():
+        low, high = (v.item() for v in torch.aminmax(t))  # NaN propagates into both
+        if not (low >= 0 and high <= 255):
+            raise ValueError(
+                f"{name}: values must be finite grey levels in [0, 255] (got min {low:g}, max {high:g}); "
+                "the metrics never divide by 255"
+            )
     return t
 
 
