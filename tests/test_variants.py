@@ -438,17 +438,23 @@ def _recipe():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sspfusion", "sscm"])
-def test_variant_config_runs_end_to_end(name: str, small_heldout: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("sspfusion", []), ("sscm", []), ("sscm", ["model.student=sspfusion", "model.student_kwargs={width: 4, depth: 1}"])],
+    ids=["sspfusion", "sscm", "sscm-to-sspfusion-student"],
+)
+def test_variant_config_runs_end_to_end(name: str, extra: list, small_heldout: Path, tmp_path: Path) -> None:
     config = CONFIGS / f"{name}.yaml"
     assert load_config(config).model.teacher == name
     out = tmp_path / name
-    overrides = [*TINY, f"eval.sets=[{{root: '{small_heldout}', name: heldout}}]"]
+    overrides = [*TINY, f"eval.sets=[{{root: '{small_heldout}', name: heldout}}]", *extra]
     assert _recipe().main(["--config", str(config), *overrides, "--output", str(out)]) == 0
     assert json.loads((out / "teacher" / "config.json").read_text())["architecture"] == name
+    student = json.loads((out / "student" / "config.json").read_text())["architecture"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["teacher"]) == {"heldout"} and set(metrics["student"]) == {"heldout"}
-    log = read_log(out / "log.jsonl")
-    teacher_terms = {k for record in log for k in record if k.startswith("teacher/")}
-    assert "teacher/seg_ce" in teacher_terms
-    assert ("teacher/aux_structure" in teacher_terms) == (name == "sspfusion")
+    terms = {k for record in read_log(out / "log.jsonl") for k in record}
+    assert "teacher/seg_ce" in terms and "student/output" in terms
+    # SSPFusion's structure loss joins whichever stage trains it.
+    assert ("teacher/aux_structure" in terms) == (name == "sspfusion")
+    assert ("student/aux_structure" in terms) == (student == "sspfusion")
