@@ -25,6 +25,17 @@ from dfsfuse.metrics import METRIC_NAMES, MIN_SIDE, MetricAccumulator, fusion_me
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference_metrics  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Run torch single-threaded here: on a loaded 2-core machine two OpenMP threads spin-wait for
+    each other (5-20× slower, measured); the values do not depend on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 RTOL = 1e-4
 
 # A few pairs per dataset (the scipy reference takes ~1.7 s per 640×480 image): MSRS 640×480 PNG

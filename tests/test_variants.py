@@ -30,8 +30,8 @@ from dfsfuse.models.sspfusion import SPFLevel, SSPFusion, SSPFusionOutput
 from dfsfuse.train.config import LossConfig, load_config
 from dfsfuse.train.data import build_train_dataset, collate_samples
 from dfsfuse.train.objectives import TeacherObjective
-from dfsfuse.train.tracking import read_log
 from dfsfuse.train.ssvif import SSVIF_CONFIG_KEYS, SSVIF_TERMS, FeatureSegHead, SSVIFObjective, ssvif_dynamic_weights
+from dfsfuse.train.tracking import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
@@ -100,7 +100,9 @@ def test_sspfusion_structure_loss_through_auxiliary_losses() -> None:
     out = model(ir, vis)
     assert out.signals["structure_vis"].shape == (1, 2, 21, 27)
     terms = model.auxiliary_losses(out, ir, vis)
-    expected = 0.3 * (structure_loss(out.signals["structure_ir"], ir) + structure_loss(out.signals["structure_vis"], vis)) / 2
+    expected = (
+        0.3 * (structure_loss(out.signals["structure_ir"], ir) + structure_loss(out.signals["structure_vis"], vis)) / 2
+    )
     assert set(terms) == {"structure"}
     torch.testing.assert_close(terms["structure"], expected)
     assert SSPFusion(width=4, depth=1, structure_weight=0.0).auxiliary_losses(out, ir, vis) == {}
@@ -318,8 +320,11 @@ def test_ssvif_dynamic_weights_wait_for_the_joint_stage() -> None:
 
 
 def test_ssvif_objective_validates_its_settings() -> None:
-    for kwargs, match in (({"consistency": 0.0}, "consistency"), ({"warmup": -1}, "warmup"),
-                          ({"temperature": 0.0}, "temperature")):
+    for kwargs, match in (
+        ({"consistency": 0.0}, "consistency"),
+        ({"warmup": -1}, "warmup"),
+        ({"temperature": 0.0}, "temperature"),
+    ):
         with pytest.raises(ValueError, match=match):
             SSVIFObjective(_PixelFusion(), _PixelSegmenter(), FusionLoss(), **kwargs)
 
@@ -337,7 +342,9 @@ def labelled_msrs(tmp_path: Path) -> Path:
         (tmp_path / "train" / sub).mkdir(parents=True)
     for name in ("00001D", "00002N"):
         Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(tmp_path / "train" / "ir" / f"{name}.png")
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "train" / "vi" / f"{name}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+            tmp_path / "train" / "vi" / f"{name}.png"
+        )
         Image.fromarray(rng.integers(0, K, (40, 48), dtype=np.uint8)).save(
             tmp_path / "train" / "Segmentation_labels" / f"{name}.png"
         )
@@ -350,8 +357,14 @@ def _ssvif_yaml() -> dict:
 
 def _ssvif_run_config(tmp_path: Path, root: Path):
     """ssvif.yaml's data section on ``root`` (tiny), as a validated RunConfig."""
-    data = dict(_ssvif_yaml()["data"], train=[{"root": str(root), "split": "train", "name": "labelled"}],
-                synthetic=4, synthetic_size=32, crop=32, repeat_real=1)
+    data = dict(
+        _ssvif_yaml()["data"],
+        train=[{"root": str(root), "split": "train", "name": "labelled"}],
+        synthetic=4,
+        synthetic_size=32,
+        crop=32,
+        repeat_real=1,
+    )
     path = tmp_path / "ssvif_data.yaml"
     path.write_text(yaml.safe_dump({"data": data, "model": _ssvif_yaml()["model"]}))
     return load_config(path)
@@ -383,9 +396,8 @@ def test_ssvif_objective_on_a_label_free_training_batch(labelled_msrs, tmp_path,
     torch.manual_seed(0)
     fusion = create_model(cfg.model.teacher, **cfg.model.teacher_kwargs)
     segmenter = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
-    loss_cfg = SimpleNamespace(**dataclasses.asdict(cfg.loss), **{k: _ssvif_yaml()["loss"][k] for k in SSVIF_CONFIG_KEYS})
-    objective = SSVIFObjective.from_config(fusion, segmenter, loss_cfg)
-    assert objective.warmup == 100 and objective.w_consistency == 0.5
+    objective = SSVIFObjective.from_config(fusion, segmenter, load_config(CONFIGS / "ssvif.yaml").loss)
+    assert objective.warmup == _ssvif_yaml()["loss"]["consistency_warmup"] and objective.w_consistency == 0.5
     objective.set_step(objective.warmup)
     terms = objective(batch)
     assert list(terms) == ["fusion", "consistency"]
@@ -395,24 +407,32 @@ def test_ssvif_objective_on_a_label_free_training_batch(labelled_msrs, tmp_path,
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.fusion.parameters())
 
 
-def test_ssvif_config_is_label_free_and_proposes_its_keys(tmp_path) -> None:
-    data = _ssvif_yaml()
-    assert data["data"]["labels"] is False and data["model"]["teacher"] == "teacher"
-    proposed = {k: data["loss"].pop(k) for k in SSVIF_CONFIG_KEYS}
-    assert proposed["consistency"] > 0 and 0 < proposed["consistency_warmup"] < data["teacher"]["steps"]
-    rest = tmp_path / "ssvif_rest.yaml"
-    rest.write_text(yaml.safe_dump(data))
-    cfg = load_config(rest)  # everything but the proposed loss keys validates today
+def test_ssvif_config_is_label_free_and_selects_ssvif() -> None:
+    cfg = load_config(CONFIGS / "ssvif.yaml")
     assert cfg.data.labels is False and cfg.loss.seg_ce == 0 and cfg.loss.semantic_weighting is False
+    assert cfg.loss.consistency > 0 and 0 < cfg.loss.consistency_warmup < cfg.teacher.steps
+    assert set(SSVIF_CONFIG_KEYS) <= {f.name for f in dataclasses.fields(cfg.loss)}
 
 
 # --- configs end to end ---------------------------------------------------------------------------
 
 TINY = [
-    "data.synthetic=8", "data.synthetic_size=48", "data.crop=32", "data.repeat_real=1",
-    "eval.max_images=1", "eval.synthetic=2", "eval.synthetic_size=64", "eval.latency_runs=0",
-    "teacher.steps=2", "student.steps=2", "teacher.batch_size=4", "student.batch_size=4",
-    "teacher.warmup_steps=1", "student.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
+    "data.synthetic=8",
+    "data.synthetic_size=48",
+    "data.crop=32",
+    "data.repeat_real=1",
+    "eval.max_images=1",
+    "eval.synthetic=2",
+    "eval.synthetic_size=64",
+    "eval.latency_runs=0",
+    "teacher.steps=2",
+    "student.steps=2",
+    "teacher.batch_size=4",
+    "student.batch_size=4",
+    "teacher.warmup_steps=1",
+    "student.warmup_steps=1",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
 ]
 
 
@@ -424,7 +444,7 @@ def small_heldout(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("heldout")
     for sub in ("ir", "vi"):
         (root / sub).mkdir()
-        src = sorted((bundled_msrs_root() / "test" / sub).glob("*.png"))[0]
+        src = min((bundled_msrs_root() / "test" / sub).glob("*.png"))
         with Image.open(src) as img:
             img.crop((200, 150, 296, 214)).save(root / sub / src.name)
     return root
@@ -440,7 +460,11 @@ def _recipe():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "extra"),
-    [("sspfusion", []), ("sscm", []), ("sscm", ["model.student=sspfusion", "model.student_kwargs={width: 4, depth: 1}"])],
+    [
+        ("sspfusion", []),
+        ("sscm", []),
+        ("sscm", ["model.student=sspfusion", "model.student_kwargs={width: 4, depth: 1}"]),
+    ],
     ids=["sspfusion", "sscm", "sscm-to-sspfusion-student"],
 )
 def test_variant_config_runs_end_to_end(name: str, extra: list, small_heldout: Path, tmp_path: Path) -> None:
@@ -458,3 +482,20 @@ def test_variant_config_runs_end_to_end(name: str, extra: list, small_heldout: P
     # SSPFusion's structure loss joins whichever stage trains it.
     assert ("teacher/aux_structure" in terms) == (name == "sspfusion")
     assert ("student/aux_structure" in terms) == (student == "sspfusion")
+
+
+@pytest.mark.slow
+def test_ssvif_config_runs_end_to_end_without_reading_labels(labelled_msrs, small_heldout, tmp_path,
+                                                             monkeypatch) -> None:
+    """Label files exist in the training folder, yet the SSVIF run never opens one."""
+    monkeypatch.setattr(dfsfuse.data.pairs, "read_label", _refuse_labels)
+    out = tmp_path / "ssvif"
+    overrides = [*TINY, "teacher.steps=3", "loss.consistency_warmup=1",
+                 f"data.train=[{{root: '{labelled_msrs}', split: train, name: labelled}}]",
+                 f"eval.sets=[{{root: '{small_heldout}', name: heldout}}]"]
+    assert _recipe().main(["--config", str(CONFIGS / "ssvif.yaml"), *overrides, "--output", str(out)]) == 0
+    log = [r for r in read_log(out / "log.jsonl") if "teacher/loss" in r]
+    assert all("teacher/fusion" in r and "teacher/consistency" in r and "teacher/seg_ce" not in r for r in log)
+    # Warm-up: the consistency term is weighted 0 at step 1, then trains jointly.
+    assert log[0]["teacher/consistency"] == 0.0 and log[-1]["teacher/consistency"] > 0
+    assert (out / "student" / "model.safetensors").is_file()

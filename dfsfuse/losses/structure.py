@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .fusion import sobel_gradients, weighted_mean
 
-__all__ = ["sobel_structure", "structure_magnitude", "structure_loss"]
+__all__ = ["sobel_structure", "structure_loss", "structure_magnitude"]
 
 
 def sobel_structure(x: Tensor) -> Tensor:
@@ -40,5 +40,7 @@ def structure_loss(signal: Tensor, source: Tensor, weight: Tensor | None = None)
     """
     target = sobel_structure(source.detach())
     if signal.shape != target.shape:
-        raise ValueError(f"signal {tuple(signal.shape)} does not match the structure of the source {tuple(target.shape)}")
+        raise ValueError(
+            f"signal {tuple(signal.shape)} does not match the structure of the source {tuple(target.shape)}"
+        )
     return weighted_mean((signal - target).abs(), weight)

@@ -19,7 +19,7 @@ SSCM-Fusion's semantic loss is the segmentation CE of the training recipe's stag
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from einops import reduce
@@ -54,9 +54,7 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Spatial weights B×1×H×W of a B×C×H×W map."""
-        stats = torch.cat(
-            [reduce(x, "b c h w -> b 1 h w", "mean"), reduce(x, "b c h w -> b 1 h w", "max")], dim=1
-        )
+        stats = torch.cat([reduce(x, "b c h w -> b 1 h w", "mean"), reduce(x, "b c h w -> b 1 h w", "max")], dim=1)
         return torch.sigmoid(self.conv(stats))
 
 

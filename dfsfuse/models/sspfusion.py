@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from ..losses.structure import sobel_structure, structure_loss, structure_magnitude
@@ -76,8 +75,8 @@ class SPFLevel(nn.Module):
 
     Per pixel, ``softmax_m(gain · s_m + gate([f_ir, f_vis, s_ir, s_vis])_m)`` over the two
     modalities m weights their features (``s_m``: edge strength of the structural signal),
-    then a residual block refines the merged map. The gate's last conv starts at zero, so an
-    untrained level follows the structural signals alone.
+    then a residual block refines the merged map. The gate's last conv starts small (bias
+    zero), so an untrained level mostly follows the structural signals.
     """
 
     def __init__(self, width: int) -> None:
@@ -96,9 +95,8 @@ class SPFLevel(nn.Module):
 
     def forward(self, f_ir: Tensor, f_vis: Tensor, strength: Tensor) -> Tensor:
         """Weighted sum of the two features, refined: B×C×H×W."""
-        weights = self.weights(f_ir, f_vis, strength)
-        merged = torch.einsum("bmhw,bmchw->bchw", weights, rearrange([f_ir, f_vis], "m b c h w -> b m c h w"))
-        return self.refine(merged)
+        w_ir, w_vis = self.weights(f_ir, f_vis, strength).split(1, dim=1)
+        return self.refine(w_ir * f_ir + w_vis * f_vis)
 
 
 class StructurePreservingFusion(nn.Module):
@@ -177,5 +175,6 @@ class SSPFusion(FusionModel):
         """``{"structure": w · mean of both modalities' structure losses}`` (empty when the weight is 0)."""
         if not self.structure_weight:
             return {}
-        loss = structure_loss(output.signals["structure_ir"], ir) + structure_loss(output.signals["structure_vis"], vis_y)
-        return {"structure": self.structure_weight * loss / 2}
+        loss_ir = structure_loss(output.signals["structure_ir"], ir)
+        loss_vis = structure_loss(output.signals["structure_vis"], vis_y)
+        return {"structure": self.structure_weight * (loss_ir + loss_vis) / 2}

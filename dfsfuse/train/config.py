@@ -98,6 +98,10 @@ class LossConfig:
     class_importance: Optional[List[float]] = None
     dynamic_weights: bool = False
     dynamic_temperature: float = 2.0
+    consistency: float = 0.0           # SSVIF: > 0 trains stage 1 label-free (cross-segmentation consistency)
+    consistency_warmup: int = 0        # SSVIF: fusion-only steps before the joint stage
+    consistency_temperature: float = 1.0
+    consistency_dynamic: bool = True   # SSVIF: dynamic weights between "fusion" and "consistency"
 
 
 @dataclass

@@ -170,12 +170,14 @@ def train_stage(
     resume: bool = False,
     dynamic: Optional[DynamicWeights] = None,
     forward: Optional[Callable[[dict], Dict[str, torch.Tensor]]] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> StageResult:
     """Optimise ``module`` for ``steps`` optimizer steps of ``stage.grad_accum`` batches each.
 
     ``forward(batch)`` (default: ``module(batch)``) returns weighted loss terms. With
     ``dynamic``, each term it manages is further scaled by its dynamic weight, updated every
-    step from the process-averaged values of the terms before that scaling.
+    step from the process-averaged values of the terms before that scaling. ``on_step(step)``
+    is called before each optimizer step (0-based count of steps done).
     """
     forward = forward or module
     step, batches, skipped = 0, 0, 0
@@ -202,6 +204,8 @@ def train_stage(
     progress = StageProgress(name, steps, start=step, enabled=accelerator.is_main_process)
     with _catch_signals(flag), progress:
         while step < steps:
+            if on_step is not None:  # e.g. SSVIF's warm-up → joint switch; also right after a resume
+                on_step(step)
             lr = lr_at(step, steps, stage.lr, stage.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr

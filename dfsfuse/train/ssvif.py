@@ -16,13 +16,14 @@ as DDP requires, and no gradient of it reaches any network.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import Tensor, nn
 
 from ..losses import DynamicWeights, FusionLoss, cross_seg_consistency, total_loss
+from .config import LossConfig
 from .objectives import auxiliary_terms, fusion_loss_from
 
 SSVIF_TERMS: tuple[str, ...] = ("fusion", "consistency")
@@ -108,7 +109,7 @@ class SSVIFObjective(nn.Module):
         self.step = 0
 
     @classmethod
-    def from_config(cls, fusion: nn.Module, segmenter: nn.Module, cfg: Any) -> "SSVIFObjective":
+    def from_config(cls, fusion: nn.Module, segmenter: nn.Module, cfg: LossConfig) -> SSVIFObjective:
         """Build from a ``LossConfig`` carrying the keys in :data:`SSVIF_CONFIG_KEYS`."""
         return cls(
             fusion,
@@ -128,7 +129,8 @@ class SSVIFObjective(nn.Module):
         """Whether the current step is in the joint (fusion + consistency) stage."""
         return self.step >= self.warmup
 
-    def forward(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Weighted terms ``fusion``, ``aux_*`` and ``consistency`` of one batch (only ``ir``/``vis_y`` read)."""
         ir, vis_y = batch["ir"], batch["vis_y"]
         out = self.fusion(ir, vis_y)
         terms = {"fusion": total_loss(self.fusion_loss(out.fused, ir, vis_y))}
@@ -143,7 +145,7 @@ class SSVIFObjective(nn.Module):
         return f"consistency={self.w_consistency}, warmup={self.warmup}, temperature={self.temperature}"
 
 
-def ssvif_dynamic_weights(cfg: Any) -> Optional[DynamicWeights]:
+def ssvif_dynamic_weights(cfg: LossConfig) -> DynamicWeights | None:
     """Dynamic weights over :data:`SSVIF_TERMS` (``None`` when ``cfg.consistency_dynamic`` is off).
 
     They stay at 1 through the warm-up and the first two joint steps (``warmup + 2`` updates),

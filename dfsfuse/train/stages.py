@@ -19,6 +19,7 @@ from .config import RunConfig
 from .data import build_train_dataset, collate_samples
 from .loop import StageResult, train_stage
 from .objectives import StudentObjective, TeacherObjective, freeze
+from .ssvif import SSVIFObjective, ssvif_dynamic_weights
 from .tracking import JSONLinesTracker
 
 
@@ -90,13 +91,20 @@ def _optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim
 
 def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: nn.Module,
                   run_dir: Path, resume: bool = False) -> StageResult:
-    """Stage 1: teacher and segmenter trained on the fusion loss + segmentation CE; exported to ``run_dir/teacher``."""
+    """Stage 1: teacher and segmenter trained on the fusion loss + segmentation CE (or, with
+    ``loss.consistency > 0``, label-free SSVIF cross-segmentation consistency); exported to ``run_dir/teacher``."""
     set_seed(cfg.train.seed, device_specific=True)
-    objective = TeacherObjective(teacher, segmenter, cfg.loss)
+    ssvif = cfg.loss.consistency > 0  # label-free SSVIF training instead of segmentation CE
+    if ssvif:
+        objective = SSVIFObjective.from_config(teacher, segmenter, cfg.loss)
+        dynamic = ssvif_dynamic_weights(cfg.loss)
+    else:
+        objective, dynamic = TeacherObjective(teacher, segmenter, cfg.loss), None
     optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, _loader(cfg, cfg.teacher.batch_size))
     result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
-                         cfg.stage_steps("teacher"), cfg.train, run_dir / "checkpoints" / "teacher", resume=resume)
+                         cfg.stage_steps("teacher"), cfg.train, run_dir / "checkpoints" / "teacher", resume=resume,
+                         dynamic=dynamic, on_step=accelerator.unwrap_model(objective).set_step if ssvif else None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         export_teacher(accelerator.unwrap_model(objective), run_dir / "teacher", cfg, result)
@@ -105,7 +113,7 @@ def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, 
     return result
 
 
-def export_teacher(objective: TeacherObjective, out: Path, cfg: RunConfig, result: StageResult) -> None:
+def export_teacher(objective: nn.Module, out: Path, cfg: RunConfig, result: StageResult) -> None:
     """Save the trained teacher to ``out`` and its segmenter to ``out/segmenter``."""
     extra = {"role": "teacher", "train_steps": result.steps, "train_config": cfg.to_dict()}
     save_pretrained(objective.fusion, out, **extra)
