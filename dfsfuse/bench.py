@@ -69,7 +69,8 @@ Size = Tuple[int, int]
 
 
 def default_modes(device: str) -> Tuple[str, ...]:
-    """Modes measured when none are asked for: no low precision on CPU (bf16 is emulated there)."""
+    """Modes measured when none are asked for: no low precision on CPU, where bf16 is emulated
+    (and very slow) unless the CPU has ``avx512_bf16``/``amx_bf16`` — ask for it with ``modes``."""
     if torch.device(device).type == "cuda":
         return MODES
     return ("eager", "channels_last", "compile", "onnxruntime")
@@ -282,6 +283,7 @@ class BenchSettings:
     device: str
     device_name: str
     cpu_model: str
+    cpu_features: List[str]
     cpu_count: int
     threads: int
     torch_version: str
@@ -301,7 +303,7 @@ class BenchSettings:
     timing_method: str
     memory_method: str
     macs_method: str
-    created: str
+    created: str  # when the run started (UTC)
     load_avg_start: Optional[List[float]] = None
     load_avg_end: Optional[List[float]] = None
     note: str = ""
@@ -677,8 +679,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> List[str]:
+    """The SIMD features of /proc/cpuinfo that decide fp32/bf16/fp16 speed (empty where unknown).
+
+    A CPU with ``avx512_bf16`` or ``amx_bf16`` runs bf16 natively; without them bf16 is emulated
+    and far slower than fp32.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FEATURES if f in flags]
+    return []
+
+
 def _settings(config: BenchConfig, modes: Sequence[str], threads: int, reference: Optional[str],
-              load_start: Optional[List[float]]) -> BenchSettings:
+              load_start: Optional[List[float]], started: str) -> BenchSettings:
     device = torch.device(config.device)
     cuda = device.type == "cuda"
     ort_version = None
@@ -691,14 +710,15 @@ def _settings(config: BenchConfig, modes: Sequence[str], threads: int, reference
     timing = ("CUDA events around each forward, synchronised" if cuda else "time.perf_counter around each forward")
     return BenchSettings(
         device=str(device), device_name=torch.cuda.get_device_name(device) if cuda else cpu_model(),
-        cpu_model=cpu_model(), cpu_count=os.cpu_count() or 0, threads=threads, torch_version=torch.__version__,
+        cpu_model=cpu_model(), cpu_features=cpu_features(), cpu_count=os.cpu_count() or 0, threads=threads,
+        torch_version=torch.__version__,
         onnxruntime_version=ort_version, python_version=platform.python_version(), platform=platform.platform(),
         warmup=config.warmup, runs=config.runs, max_seconds=config.max_seconds, timeout_s=config.timeout_s,
         isolate=config.isolate, models=list(config.models), modes=list(modes),
         sizes=[list(s) for s in config.sizes], batches=list(config.batches), reference=reference,
         timing_method=timing, memory_method=memory,
         macs_method="dfsfuse.models.profile on the meta device (FlopCounterMode; conv + matmul; MACs = FLOPs / 2)",
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), load_avg_start=load_start,
+        created=started, load_avg_start=load_start,
         load_avg_end=_load_average(), note=config.note,
     )
 
@@ -739,6 +759,7 @@ def run_benchmark(config: BenchConfig, on_record: Optional[Callable[[BenchRecord
             raise ValueError(f"model {model.label!r}: {exc}") from None
     reference = _reference_label(models, config.reference)
     load_start = _load_average()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     records: List[BenchRecord] = []
     for size in config.sizes:
         for batch in config.batches:
@@ -762,7 +783,7 @@ def run_benchmark(config: BenchConfig, on_record: Optional[Callable[[BenchRecord
                     records.append(record)
                     if on_record is not None:
                         on_record(record)
-    settings = _settings(config, modes, threads, reference, load_start)
+    settings = _settings(config, modes, threads, reference, load_start, started)
     return BenchResult(settings, records, compute_speedups(records, reference, models) if reference else [])
 
 
@@ -924,7 +945,8 @@ def save_chart(result: BenchResult, path: os.PathLike, batch: Optional[int] = No
     ax_mac.set_xticks(range(len(models)), models, fontsize=8)
     ax_mac.set_ylabel("multiply-adds per image (log)")
     ax_mac.set_title("Multiply-adds and parameters")
-    fig.suptitle(f"{s.device_name} · {s.device} · {s.threads} threads · torch {s.torch_version}", fontsize=9)
+    load = f" · load {s.load_avg_start[0]:g}→{s.load_avg_end[0]:g}" if s.load_avg_start and s.load_avg_end else ""
+    fig.suptitle(f"{s.device_name} · {s.device} · {s.threads} threads · torch {s.torch_version}{load}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

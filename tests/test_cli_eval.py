@@ -175,7 +175,8 @@ def _break_unreadable(root: Path) -> Path:
 
 
 def _break_duplicate_stem(root: Path) -> Path:
-    return _grey(root / "fused" / "b.jpg")
+    _grey(root / "fused" / "b.jpg")
+    return root / "fused" / "b.png"  # sorted after b.jpg: the one reported
 
 
 def _break_empty(root: Path) -> Path:
@@ -198,7 +199,7 @@ def _break_no_folder(root: Path) -> Path:
         (_break_fused_size, "size 56x40 does not match IR"),
         (_break_vis_size, "size 50x48 does not match IR"),
         (_break_unreadable, "unreadable"),
-        (_break_duplicate_stem, "same stem as"),
+        (_break_duplicate_stem, "also used by b.jpg"),
         (_break_empty, "no images"),
         (_break_no_folder, "folder not found"),
     ],
@@ -216,7 +217,7 @@ def test_eval_bad_input_exits_2_naming_the_file(synthetic: Path, breaker, match:
 @pytest.mark.parametrize(
     "breaker,match",
     [
-        (lambda root: (root / "vi" / "b.bmp").unlink() or root / "ir" / "b.png", "no VIS image named b"),
+        (lambda root: (root / "vi" / "b.bmp").unlink() or root / "ir" / "b.png", "no visible partner named b"),
         (_break_vis_size, "size 50x48 does not match IR"),
         (lambda root: _corrupt(root / "ir" / "b.png"), "unreadable"),
     ],
@@ -237,12 +238,13 @@ def test_bad_options_exit_2(synthetic: Path) -> None:
     assert exc.value.code == 2
     assert main([*_eval_args(synthetic), "--batch-size", "0"]) == 2
     assert main([*_eval_args(synthetic), "--device", "nonsense"]) == 2
+    assert main([*_eval_args(synthetic), "--threads", "-1"]) == 2
 
 
 def test_batch_size_does_not_change_results(synthetic: Path) -> None:
     results = []
     for batch_size in ("1", "2"):
-        assert main([*_eval_args(synthetic), "--batch-size", batch_size]) == 0
+        assert main([*_eval_args(synthetic), "--batch-size", batch_size, "--threads", "1"]) == 0
         results.append(json.loads((synthetic / "out" / "m.json").read_text()))
     one, two = results
     assert one["count"] == two["count"] == 2

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..baselines import BASELINE_METHODS
 from ..data.errors import DatasetError
-from .eval import LARGE_SET, index_images, pair_by_stem
+
+LARGE_SET = 10  # show a progress bar from this many pairs on
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -26,27 +27,26 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fuse every IR/VIS pair with the chosen rule and write ``OUT/<stem>.png``."""
+    """Fuse every IR/VIS pair (matched by stem, every file needs its partner) with the chosen rule
+    and write ``OUT/<stem>.png``."""
     from rich.console import Console
     from rich.progress import track
 
     from ..baselines import baseline_fusion
     from ..data.io import read_gray, write_image
+    from ..data.pairs import match_pairs
 
-    ir = index_images(args.ir, "IR")
-    if not ir:
-        raise DatasetError(f"{args.ir}: no images in the IR folder")
-    vis = pair_by_stem(ir, "VIS", index_images(args.vi, "VIS"), args.vi)
+    pairs = match_pairs(args.ir, args.vi)
     # Check every pair before writing anything, so bad input leaves no partial output.
-    for stem, ir_path in ir.items():
-        (iw, ih), (w, h) = _image_size(ir_path), _image_size(vis[stem])
+    for pair in pairs:
+        (iw, ih), (w, h) = _image_size(pair.ir), _image_size(pair.vis)
         if (iw, ih) != (w, h):
-            raise DatasetError(f"{vis[stem]}: size {w}x{h} does not match IR {ir_path} ({iw}x{ih})")
+            raise DatasetError(f"{pair.vis}: size {w}x{h} does not match IR {pair.ir} ({iw}x{ih})")
     out = Path(args.out)
-    for stem in track(ir, description=f"{args.method} fusion", disable=len(ir) < LARGE_SET, transient=True):
-        fused = baseline_fusion(read_gray(ir[stem]), read_gray(vis[stem]), args.method)
-        write_image(out / f"{stem}.png", fused)
-    Console().print(f"wrote {len(ir)} {args.method} fusions to {out}")
+    for pair in track(pairs, description=f"{args.method} fusion", disable=len(pairs) < LARGE_SET, transient=True):
+        fused = baseline_fusion(read_gray(pair.ir), read_gray(pair.vis), args.method)
+        write_image(out / f"{pair.name}.png", fused)
+    Console().print(f"wrote {len(pairs)} {args.method} fusions to {out}")
     return 0
 
 

@@ -17,9 +17,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from ..data.errors import DatasetError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LARGE_SET = 10  # show a progress bar from this many images on
 
@@ -34,50 +37,29 @@ class Triple:
     vis: Path
 
 
-def index_images(folder: Path, role: str) -> dict[str, Path]:
-    """Map stem → path for the image files directly in ``folder`` (sorted by stem).
+def find_triples(fused_dir: Path, ir_dir: Path, vis_dir: Path) -> list[Triple]:
+    """Every fused image (sorted by stem) with its IR and VIS partners.
 
-    Raises :class:`DatasetError` if the folder is missing or two files share a stem.
+    Raises :class:`DatasetError` naming the file for a missing or empty fused folder, a fused
+    image without a partner, or two images sharing a stem. IR/VIS images without a fused
+    image are fine (a subset may be evaluated).
     """
     from ..data.io import IMAGE_EXTENSIONS
+    from ..data.pairs import list_images
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: {role} folder not found")
-    index: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        if path.stem in index:
-            raise DatasetError(f"{path}: same stem as {index[path.stem]}; cannot tell which {role} image to use")
-        index[path.stem] = path
-    return dict(sorted(index.items()))
-
-
-def pair_by_stem(
-    primary: Mapping[str, Path], role: str, others: Mapping[str, Path], other_dir: Path
-) -> dict[str, Path]:
-    """For each stem of ``primary``, the file of ``others`` with that stem; raises
-    :class:`DatasetError` naming the first ``primary`` file without a partner."""
-    for stem, path in primary.items():
-        if stem not in others:
-            raise DatasetError(f"{path}: no {role} image named {stem}.* in {other_dir}")
-    return {stem: others[stem] for stem in primary}
-
-
-def find_triples(fused_dir: Path, ir_dir: Path, vis_dir: Path) -> list[Triple]:
-    """Every fused image with its IR and VIS partners; :class:`DatasetError` if any is missing."""
-    from ..data.io import IMAGE_EXTENSIONS
-
-    fused = index_images(fused_dir, "fused")
+    fused = list_images(fused_dir)
     if not fused:
         raise DatasetError(f"{fused_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the fused folder")
-    ir = pair_by_stem(fused, "IR", index_images(ir_dir, "IR"), ir_dir)
-    vis = pair_by_stem(fused, "VIS", index_images(vis_dir, "VIS"), vis_dir)
-    return [Triple(stem, fused[stem], ir[stem], vis[stem]) for stem in fused]
+    partners = {"IR": (ir_dir, list_images(ir_dir)), "VIS": (vis_dir, list_images(vis_dir))}
+    for stem, path in sorted(fused.items()):
+        for role, (folder, index) in partners.items():
+            if stem not in index:
+                raise DatasetError(f"{path}: no {role} image named {stem}.* in {folder}")
+    irs, viss = partners["IR"][1], partners["VIS"][1]
+    return [Triple(stem, path, irs[stem], viss[stem]) for stem, path in sorted(fused.items())]
 
 
-def read_triple(triple: Triple):
+def read_triple(triple: Triple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read F, A, B as float32 grey arrays; :class:`DatasetError` naming the file if sizes differ."""
     from ..data.io import read_gray
 
@@ -95,12 +77,12 @@ def _wh(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-def _batches(triples: list[Triple], batch_size: int) -> Iterator[tuple[list[str], tuple]]:
-    """Read triples and group consecutive same-size images into stacks of at most ``batch_size``."""
+def _batches(triples: list[Triple], batch_size: int) -> Iterator[tuple[list[str], tuple[np.ndarray, ...]]]:
+    """Read triples and group consecutive same-size images into B×1×H×W stacks of at most ``batch_size``."""
     import numpy as np
 
     names: list[str] = []
-    stack: list[tuple] = []
+    stack: list[tuple[np.ndarray, ...]] = []
     for triple in triples:
         arrays = read_triple(triple)
         if stack and (arrays[0].shape != stack[0][0].shape or len(stack) == batch_size):
@@ -218,6 +200,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's default) or more, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = _check_device(args.device)
     triples = find_triples(args.fused, args.ir, args.vi)
     per_image = evaluate_folders(triples, device=device, batch_size=args.batch_size, progress=len(triples) >= LARGE_SET)
@@ -251,4 +239,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-image", action="store_true", help="print one table row per image, not just the mean")
     parser.add_argument("--device", default="cpu", help="torch device for the metrics (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--batch-size", type=int, default=4, help="same-size images scored together (default 4)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)"
+    )
     parser.set_defaults(func=run)
