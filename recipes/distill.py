@@ -84,12 +84,16 @@ def run(args: argparse.Namespace) -> dict:
                      for name, m in fusers.items()}
         if fusion.strips:
             write_image(run_dir / "comparison.png", comparison_image(fusion.strips))
+            # The model card's sample shows only the first held-out set (the bundled MSRS pairs, MIT):
+            # an exported folder must not carry images whose licence does not allow it.
+            first = next(iter(fusion.strips))
+            write_image(run_dir / "sample.png", comparison_image({first: fusion.strips[first]}))
 
         # Stage 4: export the student (and record everything in metrics.json).
         training = {"datasets": [s.name or s.root for s in cfg.data.train] + (["synthetic scenes"] if cfg.data.synthetic else []),
                     "steps (teacher / student)": f"{cfg.stage_steps('teacher')} / {result.steps}",
                     "recipe": "recipes/distill.py", "config": cfg.to_dict()}
-        files = {"sample.png": run_dir / "comparison.png"} if fusion.strips else {}
+        files = {"sample.png": run_dir / "sample.png"} if fusion.strips else {}
         card_metrics = {m: fusion.metrics[m] for m in ("avg", "max", "teacher", "student") if m in fusion.metrics}
         report = {**card_metrics, "segmentation_miou": miou, "models": summaries,
                   "eval_seconds": round(fusion.seconds, 1), "wall_time_s": round(time.time() - t_start, 1)}
