@@ -1,6 +1,7 @@
 """dfsfuse: distil a frequency-aware IR/visible fusion teacher into a compact CNN student."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("dfsfuse")

@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_path, write_bytes_atomic
+
 MODES: Tuple[str, ...] = ("eager", "channels_last", "compile", "bf16", "fp16", "onnxruntime")
 """Every mode :func:`run_benchmark` knows: fp32 eager, channels-last memory format, ``torch.compile``,
 bf16 / fp16 autocast, and the model exported to ONNX (``dynamo=False``) run by ONNX Runtime."""
@@ -355,7 +357,7 @@ class BenchResult:
     def save_json(self, path: os.PathLike) -> Path:
         """Write :meth:`to_dict` as indented JSON, atomically."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        return _write_atomic(Path(path), text.encode())
+        return write_bytes_atomic(Path(path), text.encode())
 
 
 def _finite(value: Any) -> Any:
@@ -366,20 +368,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _reason(exc: BaseException) -> str:
@@ -949,14 +937,9 @@ def save_chart(result: BenchResult, path: os.PathLike, batch: Optional[int] = No
     fig.suptitle(f"{s.device_name} · {s.device} · {s.threads} threads · torch {s.torch_version}{load}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

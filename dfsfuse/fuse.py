@@ -22,7 +22,14 @@ from torch import nn
 
 from .data.color import colorize
 from .data.errors import DatasetError
-from .data.io import IMAGE_EXTENSIONS, ImagePair, PathLike, read_pair, to_uint8, write_image
+from .data.io import (
+    IMAGE_EXTENSIONS,
+    ImagePair,
+    PathLike,
+    read_pair,
+    to_uint8,
+    write_image,
+)
 
 OUTPUT_SUFFIX = ".png"
 
@@ -247,7 +254,13 @@ def fuse_folder(model: nn.Module, ir_dir: PathLike, vis_dir: PathLike, out_dir: 
     ``error: ...`` line per failed pair are printed on it as they happen; without, it is silent.
     Raises :class:`DatasetError` only for unusable folders; bad pairs end up in ``failed``.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     if getattr(model, "kind", "fusion") != "fusion":
         raise ValueError(f"{type(model).__name__} is a {model.kind} model; fusing needs a fusion model")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .atomic import atomic_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -105,21 +106,13 @@ def export_onnx(model: nn.Module, path: PathLike, size: Tuple[int, int] = (64, 6
     wrapped = _tensor_model(model)
     example = tuple(torch.rand(1, 1, *size) for _ in signature.inputs)
     axes = {name: dict(DYNAMIC_DIMS) for name in signature.inputs + signature.outputs}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about shape-dependent Python values
-            torch.onnx.export(wrapped, example, tmp, dynamo=False, opset_version=opset,
+            torch.onnx.export(wrapped, example, str(tmp), dynamo=False, opset_version=opset,
                               input_names=list(signature.inputs), output_names=list(signature.outputs),
                               dynamic_axes=axes)
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        onnx.checker.check_model(str(tmp))
     return path
 
 

@@ -19,8 +19,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .export import (
-    CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, PathLike, from_pretrained, load_state_checked,
-    model_config, read_model_config, read_safetensors, save_pretrained,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelLoadError,
+    PathLike,
+    from_pretrained,
+    load_state_checked,
+    model_config,
+    read_model_config,
+    read_safetensors,
+    save_pretrained,
 )
 
 ONNX_NAME = "model.onnx"

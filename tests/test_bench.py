@@ -5,12 +5,12 @@ Timings are never checked, only the shape of what is written: records, settings,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from dfsfuse.bench import (
     ERROR,
@@ -142,10 +142,7 @@ def test_specs_and_bad_arguments(tmp_path, exported, capsys):
 
 
 def _quality_module():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "quality.py", "bench_quality")
 
 
 @pytest.mark.slow

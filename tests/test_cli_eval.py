@@ -10,24 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dfsfuse.baselines import baseline_fusion
 from dfsfuse.cli import main
 from dfsfuse.data.io import read_gray
 from dfsfuse.metrics import METRIC_NAMES, fusion_metrics
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Run torch single-threaded here: on a loaded 2-core machine two OpenMP threads spin-wait for
-    each other (5-20× slower, measured); the values do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # A TNO pair of odd size stored as RGB grey PNG, and a RoadScene JPEG pair.
 REAL = (("tno", "19.png"), ("roadscene", "FLIR_04722.jpg"))

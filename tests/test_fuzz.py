@@ -3,7 +3,6 @@ values never fail other than with their documented errors, and the metrics keep 
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np

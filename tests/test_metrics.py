@@ -20,21 +20,16 @@ from hypothesis import strategies as st
 
 from dfsfuse.baselines import baseline_fusion
 from dfsfuse.data.io import read_gray
-from dfsfuse.metrics import METRIC_NAMES, MIN_SIDE, MetricAccumulator, fusion_metrics, fusion_metrics_batch
+from dfsfuse.metrics import (
+    METRIC_NAMES,
+    MIN_SIDE,
+    MetricAccumulator,
+    fusion_metrics,
+    fusion_metrics_batch,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference_metrics  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Run torch single-threaded here: on a loaded 2-core machine two OpenMP threads spin-wait for
-    each other (5-20× slower, measured); the values do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 RTOL = 1e-4
 
@@ -262,7 +257,12 @@ def test_cuda_matches_cpu(shared_data: Path) -> None:
 def test_filters_match_scipy() -> None:
     from scipy.signal import convolve2d
 
-    from dfsfuse.metrics._filters import gaussian_taps, separable_valid, sobel_valid, strip_sums
+    from dfsfuse.metrics._filters import (
+        gaussian_taps,
+        separable_valid,
+        sobel_valid,
+        strip_sums,
+    )
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (37, 45)).astype(np.float64)

@@ -31,16 +31,6 @@ SMALL = (61, 77)
 LARGE = (475, 575)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run these tests on one thread: on shared, oversubscribed cores every two-thread op
-    waits for a descheduled thread, which made the teacher ~50× slower on small images."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _inputs(kind: str, size: tuple[int, int], batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     count = 2 if kind == FUSION else 1

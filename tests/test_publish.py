@@ -24,9 +24,9 @@ import dfsfuse
 from dfsfuse import cli
 from dfsfuse.data.io import read_pair, rgb_to_cbcr
 from dfsfuse.export import ModelLoadError, from_pretrained, save_pretrained
-from dfsfuse.publish import push_to_hub
 from dfsfuse.fuse import FuseOptions, fuse_arrays, fuse_folder
 from dfsfuse.models import create_model, list_models, model_kind
+from dfsfuse.publish import push_to_hub
 
 TINY = {"width": 4}
 

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import RECIPE, TINY, _env, _recipe, launch_cmd, small_heldout  # noqa: F401  (fixture re-used)
 
 import dfsfuse.train.objectives as objectives
 from dfsfuse.export import save_pretrained
 from dfsfuse.models import create_model
 from dfsfuse.train.loop import checkpoint_dirs
 from dfsfuse.train.tracking import read_log
-
-from test_train import RECIPE, TINY, _env, _recipe, launch_cmd, small_heldout  # noqa: F401  (fixture re-used)
 
 NO_EVAL = ["eval.sets=[]", "eval.synthetic=1"]
 

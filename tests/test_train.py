@@ -3,7 +3,6 @@ resume after an interrupted run, and 2-process (gloo) agreement with 1 process."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -37,10 +37,7 @@ TINY = [
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPE, "distill_recipe")
 
 
 def _env():

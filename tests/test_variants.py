@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -19,18 +18,38 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import load_script
 from PIL import Image
 from torch import Tensor, nn
 
 import dfsfuse.data.pairs
-from dfsfuse.losses import FusionLoss, cross_seg_consistency, sobel_structure, structure_loss, structure_magnitude
-from dfsfuse.models import FusionModel, FusionOutput, SegmentationModel, SegmentationOutput, create_model, list_models
+from dfsfuse.losses import (
+    FusionLoss,
+    cross_seg_consistency,
+    sobel_structure,
+    structure_loss,
+    structure_magnitude,
+)
+from dfsfuse.models import (
+    FusionModel,
+    FusionOutput,
+    SegmentationModel,
+    SegmentationOutput,
+    create_model,
+    list_models,
+)
 from dfsfuse.models.sscm import CBAM, CMDFC, ChannelGate, SpatialGate
 from dfsfuse.models.sspfusion import SPFLevel, SSPFusion, SSPFusionOutput
 from dfsfuse.train.config import LossConfig, load_config
 from dfsfuse.train.data import build_train_dataset, collate_samples
 from dfsfuse.train.objectives import TeacherObjective
-from dfsfuse.train.ssvif import SSVIF_CONFIG_KEYS, SSVIF_TERMS, FeatureSegHead, SSVIFObjective, ssvif_dynamic_weights
+from dfsfuse.train.ssvif import (
+    SSVIF_CONFIG_KEYS,
+    SSVIF_TERMS,
+    FeatureSegHead,
+    SSVIFObjective,
+    ssvif_dynamic_weights,
+)
 from dfsfuse.train.tracking import read_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -451,10 +470,7 @@ def small_heldout(tmp_path_factory) -> Path:
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", REPO / "recipes" / "distill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "recipes" / "distill.py", "distill_recipe")
 
 
 @pytest.mark.slow

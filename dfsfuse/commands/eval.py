@@ -13,12 +13,11 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
+from ..atomic import write_text_atomic
 from ..data.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -113,20 +112,6 @@ def evaluate_folders(
     return results
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_value(v: float):
     return None if math.isnan(v) else v
 
@@ -182,18 +167,6 @@ def _print_table(per_image: Mapping[str, Mapping[str, float]], mean: Mapping[str
     Console(width=max(console.width, needed)).print(table)
 
 
-def _check_device(device: str) -> str:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device}: not a torch device (try cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate the fused folder; print the table and write the requested reports."""
     from ..metrics import MetricAccumulator
@@ -206,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    device = _check_device(args.device)
+    from ..fuse import resolve_device
+
+    device = str(resolve_device(args.device))
     triples = find_triples(args.fused, args.ir, args.vi)
     per_image = evaluate_folders(triples, device=device, batch_size=args.batch_size, progress=len(triples) >= LARGE_SET)
     acc = MetricAccumulator()
@@ -215,9 +190,9 @@ def run(args: argparse.Namespace) -> int:
     mean = acc.mean()
     _print_table(per_image, mean, show_rows=args.per_image)
     if args.json:
-        _write_text_atomic(args.json, results_json(per_image, mean))
+        write_text_atomic(args.json, results_json(per_image, mean))
     if args.csv:
-        _write_text_atomic(args.csv, results_csv(per_image, mean))
+        write_text_atomic(args.csv, results_csv(per_image, mean))
     return 0
 
 

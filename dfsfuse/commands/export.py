@@ -15,8 +15,8 @@ def run(args: argparse.Namespace) -> int:
     """Export the student, list what was written, and push it when asked."""
     from rich.console import Console
 
-    from ..publish import export_student, push_to_hub
     from ..fuse import resolve_device
+    from ..publish import export_student, push_to_hub
 
     if args.onnx:
         from ..onnx import require_onnx

@@ -6,7 +6,12 @@ is their sum (:func:`total_loss`) and the trainer logs each term. Single terms r
 scalar. Optional per-pixel weight maps are ``B×1×H×W`` and reduce as ``sum(w·l)/sum(w)``.
 """
 
-from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill, standardize_features
+from .distill import (
+    FeatureDistillLoss,
+    FrequencyDistillLoss,
+    output_distill,
+    standardize_features,
+)
 from .fusion import (
     FusionLoss,
     gradient_loss,

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from ..wavelets import DWTForward
 from torch import Tensor, nn
 
+from ..wavelets import DWTForward
 from .fusion import no_autocast, weighted_mean
 
 __all__ = ["output_distill", "standardize_features", "FeatureDistillLoss", "FrequencyDistillLoss"]

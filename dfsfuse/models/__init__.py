@@ -3,8 +3,7 @@
 Build any of them by name with :func:`create_model`; importing this package registers them.
 """
 
-from . import segmentation, student, teacher  # noqa: F401  (registers the models)
-from . import sscm, sspfusion  # noqa: F401  (registers the variants)
+from . import segmentation, sscm, sspfusion, student, teacher  # noqa: F401  (registers the models)  # noqa: F401  (registers the variants)
 from .outputs import (
     FUSION,
     FUSION_FEATURES,

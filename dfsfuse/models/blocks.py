@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from ..wavelets import DWTForward, DWTInverse
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
+
+from ..wavelets import DWTForward, DWTInverse
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tensor:

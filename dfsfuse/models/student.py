@@ -22,7 +22,13 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .blocks import ChannelsLastOnCPU, ConvAct, OutputHead, SeparableResBlock, fused_from_residual
+from .blocks import (
+    ChannelsLastOnCPU,
+    ConvAct,
+    OutputHead,
+    SeparableResBlock,
+    fused_from_residual,
+)
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 

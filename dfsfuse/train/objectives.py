@@ -11,7 +11,12 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from ..losses import MSRS_CLASS_IMPORTANCE, DistilledSemanticLoss, FusionLoss, segmentation_ce
+from ..losses import (
+    MSRS_CLASS_IMPORTANCE,
+    DistilledSemanticLoss,
+    FusionLoss,
+    segmentation_ce,
+)
 from .config import LossConfig
 from .data import IGNORE_INDEX
 
