@@ -1,16 +1,34 @@
-"""Data layer: image reading convention, IR/VIS pair datasets, synthetic scenes, transforms."""
+"""Data layer: image reading convention, IR/VIS pair datasets, synthetic scenes, transforms.
 
-from .bundled import bundled_msrs_root
-from .color import colorize, rgb_to_ycbcr, ycbcr_to_rgb
-from .errors import DatasetError
-from .io import ImagePair, read_gray, read_label, read_pair, read_rgb, write_image
-from .pairs import PairedImages, PairFiles, match_pairs
-from .synthetic import CLASS_NAMES, SceneConfig, SyntheticScenes, make_scene
-from .transforms import Compose, PairedRandomCrop, PairedRandomFlip, train_transform
+Names are imported lazily (PEP 562), so ``from dfsfuse.data.errors import DatasetError`` — what
+the CLI needs to start — does not pay for importing torch.
+"""
 
-__all__ = [
-    "CLASS_NAMES", "Compose", "DatasetError", "ImagePair", "PairFiles", "PairedImages",
-    "PairedRandomCrop", "PairedRandomFlip", "SceneConfig", "SyntheticScenes", "bundled_msrs_root",
-    "colorize", "make_scene", "match_pairs", "read_gray", "read_label", "read_pair", "read_rgb",
-    "rgb_to_ycbcr", "train_transform", "write_image", "ycbcr_to_rgb",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "bundled_msrs_root": "bundled",
+    "colorize": "color", "rgb_to_ycbcr": "color", "ycbcr_to_rgb": "color",
+    "DatasetError": "errors",
+    "ImagePair": "io", "read_gray": "io", "read_label": "io", "read_pair": "io", "read_rgb": "io",
+    "write_image": "io",
+    "PairedImages": "pairs", "PairFiles": "pairs", "match_pairs": "pairs",
+    "CLASS_NAMES": "synthetic", "SceneConfig": "synthetic", "SyntheticScenes": "synthetic", "make_scene": "synthetic",
+    "Compose": "transforms", "PairedRandomCrop": "transforms", "PairedRandomFlip": "transforms",
+    "train_transform": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dfsfuse.data' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + __all__)
