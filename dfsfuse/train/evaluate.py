@@ -17,7 +17,8 @@ from torch import nn
 
 from ..baselines import baseline_fusion
 from ..data import PairedImages, SyntheticScenes
-from ..data.io import to_uint8
+from ..data.io import ImagePair, to_uint8
+from ..fuse import fuse_arrays
 from ..metrics import ConfusionMatrix, MetricAccumulator, fusion_metrics
 from ..models import profile
 
@@ -25,11 +26,9 @@ BASELINES = ("avg", "max")
 
 
 @torch.inference_mode()
-def fuse_gray(model: nn.Module, ir: np.ndarray, vis_y: np.ndarray, device: torch.device) -> np.ndarray:
+def fuse_gray(model: nn.Module, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
     """Fuse two H×W grey images in [0, 255] with a fusion model; returns the 8-bit result as float32."""
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / 255.0)[None, None].to(device)  # noqa: E731
-    fused = model(t(ir), t(vis_y)).fused[0, 0].float().cpu().numpy()
-    return to_uint8(fused * 255.0).astype(np.float32)
+    return fuse_arrays(model, [ImagePair(ir=ir, vis_y=vis_y, vis_cbcr=None)], gray=True)[0].astype(np.float32)
 
 
 @dataclass
@@ -61,7 +60,7 @@ def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImag
                 ir, vis = s["ir"][0].numpy() * 255.0, s["vis_y"][0].numpy() * 255.0
                 ir, vis = np.round(ir).astype(np.float32), np.round(vis).astype(np.float32)
                 fused = {b: baseline_fusion(ir, vis, b) for b in BASELINES}
-                fused.update({m: fuse_gray(model, ir, vis, device) for m, model in models.items()})
+                fused.update({m: fuse_gray(model, ir, vis) for m, model in models.items()})
                 for m in methods:
                     acc[m].update(fusion_metrics(fused[m], ir, vis))
                 if i == 0:
