@@ -111,8 +111,10 @@ def test_write_image_is_atomic_and_round_trips(tmp_path):
 
 def test_msrs_split_of_shared_data_has_20_pairs(shared_data):
     ds = PairedImages(shared_data / "msrs", split="test")
-    assert len(ds) == 20 and not ds.has_labels
+    # shared/ now carries the 20 test labels (DECFusion's MSRS test labels).
+    assert len(ds) == 20 and ds.has_labels
     s = ds[0]
+    assert s["label"].shape == (480, 640) and int(s["label"].max()) <= 8
     assert s["ir"].shape == s["vis_y"].shape == (1, 480, 640) and s["vis_cbcr"].shape == (2, 480, 640)
     assert s["name"] == "00004N"
     np.testing.assert_allclose(s["vis_y"][0].numpy() * 255, read_gray(shared_data / "msrs/test/vi/00004N.png"),
