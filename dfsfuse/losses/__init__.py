@@ -6,6 +6,16 @@ is their sum (:func:`total_loss`) and the trainer logs each term. Single terms r
 scalar. Optional per-pixel weight maps are ``B×1×H×W`` and reduce as ``sum(w·l)/sum(w)``.
 """
 
+from .class_balance import (
+    MSRS_CLASS_WEIGHTS,
+    MSRS_TRAIN_CLASS_PIXELS,
+    SEG_LOSS_MODES,
+    SegmentationCE,
+    class_weights_from_labels,
+    enet_class_weights,
+    label_pixel_counts,
+    ohem_ce,
+)
 from .distill import (
     FeatureDistillLoss,
     FrequencyDistillLoss,
@@ -51,6 +61,14 @@ __all__ = [
     "MSRS_CLASS_IMPORTANCE",
     "semantic_weight_map",
     "segmentation_ce",
+    "SEG_LOSS_MODES",
+    "SegmentationCE",
+    "ohem_ce",
+    "enet_class_weights",
+    "label_pixel_counts",
+    "class_weights_from_labels",
+    "MSRS_TRAIN_CLASS_PIXELS",
+    "MSRS_CLASS_WEIGHTS",
     "seg_kl",
     "cross_seg_consistency",
     "DistilledSemanticLoss",

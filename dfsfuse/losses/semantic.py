@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .class_balance import MSRS_CLASS_WEIGHTS, SEG_LOSS_MODES, SegmentationCE, ohem_ce
 from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill
 from .fusion import no_autocast, weighted_mean
 
@@ -59,15 +60,39 @@ def segmentation_ce(
     labels: Tensor,
     ignore_index: int = 255,
     class_weights: Tensor | Sequence[float] | None = None,
+    mode: str | None = None,
+    ohem_thresh: float = 0.7,
+    ohem_min_kept: float = 1 / 16,
 ) -> Tensor:
     """Cross-entropy of ``B×K×H×W`` logits against int64 ``B×H×W`` labels, ignoring ``ignore_index``.
 
-    Mean over labelled pixels (weighted by ``class_weights`` like ``F.cross_entropy``); when
-    every pixel is ignored it returns 0 that is still connected to ``logits`` (no NaN).
+    ``mode`` (see :mod:`.class_balance`):
+
+    - ``"plain"``: mean over labelled pixels;
+    - ``"weighted"``: ``Σ w_y·l / Σ w_y`` like ``F.cross_entropy(weight=)``; ``class_weights``
+      default to :data:`MSRS_CLASS_WEIGHTS` (ENet ``1/ln(1.02 + p)`` of the MSRS train labels);
+    - ``"ohem"``: SeAFusion's online hard example mining (:func:`ohem_ce`), pixels whose
+      true-class probability is below ``ohem_thresh``, at least ``ohem_min_kept`` of the
+      labelled pixels (optionally class-weighted);
+    - ``None`` (default): ``"weighted"`` when ``class_weights`` are given, else ``"plain"``.
+
+    When every pixel is ignored it returns 0 that is still connected to ``logits`` (no NaN).
     """
+    if mode is None:
+        mode = "plain" if class_weights is None else "weighted"
+    if mode not in SEG_LOSS_MODES:
+        raise ValueError(f"unknown segmentation loss mode {mode!r}; choose from {', '.join(SEG_LOSS_MODES)}")
+    if mode == "plain" and class_weights is not None:
+        raise ValueError("class_weights need mode 'weighted' or 'ohem', not 'plain'")
     logits = logits.float()
+    if mode == "ohem":
+        return ohem_ce(logits, labels, ohem_thresh, ohem_min_kept, ignore_index, class_weights)
+    if mode == "weighted" and class_weights is None:
+        class_weights = MSRS_CLASS_WEIGHTS
     if class_weights is not None:
         class_weights = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+        if class_weights.shape != (logits.shape[1],):
+            raise ValueError(f"class_weights need {logits.shape[1]} values, got shape {tuple(class_weights.shape)}")
     loss_sum = F.cross_entropy(
         logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum"
     )
@@ -118,7 +143,8 @@ class DistilledSemanticLoss(nn.Module):
       each weighted per pixel by :func:`semantic_weight_map` of the segmenter's logits on the
       teacher's fusion (detached) when ``semantic_weighting``;
     - ``seg_kl``: :func:`seg_kl` between segmentations of the student's and teacher's fusions,
-    - ``seg_ce``: :func:`segmentation_ce` of the segmentation of the student's fusion.
+    - ``seg_ce``: :func:`segmentation_ce` of the segmentation of the student's fusion (plain, or
+      as configured by ``seg_criterion``, a :class:`SegmentationCE`).
 
     ``forward(student_out, teacher_out, seg_student_logits, seg_teacher_logits, labels=None)``;
     ``*_out`` need ``.fused`` (``B×1×H×W``) and ``.features`` (name → map). The loss is the sum
@@ -144,6 +170,7 @@ class DistilledSemanticLoss(nn.Module):
         wave: str = "haar",
         levels: int = 1,
         ignore_index: int = 255,
+        seg_criterion: SegmentationCE | None = None,
     ):
         super().__init__()
         if min(w_output, w_feature, w_freq, w_seg_kl, w_seg_ce) < 0:
@@ -157,6 +184,8 @@ class DistilledSemanticLoss(nn.Module):
         self.base = base
         self.semantic_weighting = semantic_weighting
         self.ignore_index = ignore_index
+        # how ``seg_ce`` is computed (plain / class-weighted / OHEM); plain CE when not given
+        self.seg_criterion = seg_criterion if seg_criterion is not None else SegmentationCE(ignore_index=ignore_index)
         self.feature = (
             FeatureDistillLoss(student_channels, teacher_channels, feature_names, feature_loss)
             if w_feature
@@ -197,9 +226,7 @@ class DistilledSemanticLoss(nn.Module):
         if self.w_seg_ce and labels is not None:
             if seg_student_logits is None:
                 raise ValueError("w_seg_ce > 0 with labels needs seg_student_logits")
-            terms["seg_ce"] = self.w_seg_ce * segmentation_ce(
-                seg_student_logits, labels, ignore_index=self.ignore_index
-            )
+            terms["seg_ce"] = self.w_seg_ce * self.seg_criterion(seg_student_logits, labels)
         return terms
 
     def extra_repr(self) -> str:

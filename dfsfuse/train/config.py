@@ -98,6 +98,10 @@ class LossConfig:
     gradient: float = 1.0
     ssim: float = 0.0
     seg_ce: float = 0.5                # segmentation CE on the fused image, where labels exist
+    seg_loss: str = "plain"            # its kind: plain, weighted (ENet 1/ln(1.02+p) class weights) or ohem (SeAFusion)
+    seg_class_weights: Optional[List[float]] = None  # weighted/ohem class weights (weighted, None: the MSRS table)
+    seg_ohem_thresh: float = 0.7       # ohem: keep pixels whose true-class probability is below this ...
+    seg_ohem_min_kept: float = 0.0625  # ... but at least this fraction of the labelled pixels (the hardest)
     output: float = 1.0                # distillation: student vs teacher fused image
     feature: float = 0.2
     frequency: float = 0.5

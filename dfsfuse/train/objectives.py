@@ -15,7 +15,7 @@ from ..losses import (
     MSRS_CLASS_IMPORTANCE,
     DistilledSemanticLoss,
     FusionLoss,
-    segmentation_ce,
+    SegmentationCE,
 )
 from .config import LossConfig
 from .data import IGNORE_INDEX
@@ -41,6 +41,15 @@ def auxiliary_terms(model: nn.Module, out, batch: dict) -> Dict[str, Tensor]:
     return {f"aux_{k}": v for k, v in hook(out, batch["ir"], batch["vis_y"]).items()}
 
 
+def seg_criterion_from(cfg: LossConfig) -> SegmentationCE:
+    """The segmentation CE of the config (``loss.seg_loss``: plain, weighted or ohem)."""
+    try:
+        return SegmentationCE(mode=cfg.seg_loss, class_weights=cfg.seg_class_weights, ohem_thresh=cfg.seg_ohem_thresh,
+                              ohem_min_kept=cfg.seg_ohem_min_kept, ignore_index=IGNORE_INDEX)
+    except ValueError as exc:
+        raise ValueError(f"loss.seg_loss: {exc}") from None
+
+
 def fusion_loss_from(cfg: LossConfig) -> FusionLoss:
     """The unsupervised fusion loss with the configured weights."""
     return FusionLoss(w_intensity=cfg.intensity, w_gradient=cfg.gradient, w_ssim=cfg.ssim)
@@ -61,6 +70,7 @@ class TeacherObjective(nn.Module):
         self.segmenter = segmenter if cfg.seg_ce > 0 else None
         self.fusion_loss = fusion_loss_from(cfg)
         self.w_seg_ce = cfg.seg_ce
+        self.seg_criterion = seg_criterion_from(cfg)
 
     def forward(self, batch: dict) -> Dict[str, Tensor]:
         out = self.fusion(batch["ir"], batch["vis_y"])
@@ -68,7 +78,7 @@ class TeacherObjective(nn.Module):
         terms.update(auxiliary_terms(self.fusion, out, batch))
         if self.segmenter is not None:
             logits = self.segmenter(out.fused).logits
-            terms["seg_ce"] = self.w_seg_ce * segmentation_ce(logits, _labels_or_ignore(batch), ignore_index=IGNORE_INDEX)
+            terms["seg_ce"] = self.w_seg_ce * self.seg_criterion(logits, _labels_or_ignore(batch))
         return terms
 
 
@@ -90,7 +100,7 @@ class StudentObjective(nn.Module):
             w_output=cfg.output, w_feature=cfg.feature, w_freq=cfg.frequency,
             w_seg_kl=cfg.seg_kl, w_seg_ce=cfg.seg_ce, temperature=cfg.temperature,
             class_importance=importance, semantic_weighting=cfg.semantic_weighting,
-            ignore_index=IGNORE_INDEX,
+            ignore_index=IGNORE_INDEX, seg_criterion=seg_criterion_from(cfg),
         )
         self.fusion_loss = fusion_loss_from(cfg)
         self.w_fusion = cfg.student_fusion
