@@ -1,4 +1,4 @@
-"""ONNX export of the student: dynamic batch/height/width, onnxruntime matches PyTorch."""
+"""ONNX export of every registered fusion model: dynamic batch/height/width, onnxruntime matches PyTorch."""
 
 from __future__ import annotations
 
@@ -9,8 +9,19 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from dfsfuse.models import create_model  # noqa: E402
+from dfsfuse.models import create_model, list_models  # noqa: E402
 from dfsfuse.onnx import OnnxModel, export_onnx, max_onnx_error  # noqa: E402
+
+# Small settings so that every export stays quick; models not listed use their defaults.
+SMALL_KWARGS = {
+    "teacher": {"dim": 8, "bottleneck_depth": 1},
+    "sspfusion": {"width": 4, "depth": 1},
+    "student": {"width": 4},
+}
+EXPORT_SIZE = (64, 64)
+# Odd, even, smaller and larger than the export size, and not multiples of any model stride.
+RUN_SIZES = [(61, 77), (33, 50), (70, 45), (64, 64)]
+TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| on [0, 1] images (measured: about 1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +69,40 @@ def test_onnx_runner_errors(graph, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(ValueError, match="junk.onnx"):
         OnnxModel(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize("name", list_models("fusion"))
+def test_every_fusion_model_exports_once_and_runs_at_any_size(name, tmp_path):
+    """Traced once at 64×64, the graph matches eager PyTorch at other sizes (odd ones included) and batches."""
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL_KWARGS.get(name, {})).eval()
+    head = getattr(model, "head", None)
+    if isinstance(getattr(head, "weight", None), torch.Tensor):
+        with torch.no_grad():  # a large residual, so the output is far from max(ir, vis)
+            head.weight.normal_(0, 0.3)
+    path = export_onnx(model, tmp_path / "model.onnx", size=EXPORT_SIZE)
+    runner = OnnxModel(path, providers=["CPUExecutionProvider"])
+    for i, (size, batch) in enumerate(zip(RUN_SIZES, (1, 2, 1, 1))):
+        g = torch.Generator().manual_seed(i)
+        ir, vis = torch.rand(batch, 1, *size, generator=g), torch.rand(batch, 1, *size, generator=g)
+        with torch.no_grad():
+            expected = model(ir, vis).fused.numpy()
+        got = runner(ir.numpy(), vis.numpy())
+        assert got.shape == (batch, 1, *size), (name, size)
+        error = float(np.abs(got - expected).max())
+        assert error < TOLERANCE, f"{name} at {size}: max error {error:.2e}"
+
+
+def test_export_friendly_rewrites_keep_eager_numbers_bit_identical():
+    """The traced-size padding and SSPFusion's fixed-kernel Sobel give exactly the eager values."""
+    from dfsfuse.losses.structure import sobel_structure
+    from dfsfuse.models.blocks import pad_to_multiple
+    from dfsfuse.models.sspfusion import sobel_signal
+
+    x = torch.rand(2, 1, 61, 77, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sobel_signal(x), sobel_structure(x))
+    traced = torch.jit.trace(lambda t: pad_to_multiple(t, 8), (torch.rand(1, 3, 64, 64),), check_trace=False)
+    for size in [(61, 77), (64, 64), (1, 9)]:
+        y = torch.rand(1, 3, *size)
+        assert torch.equal(traced(y), pad_to_multiple(y, 8))
+        assert traced(y).shape[-2:] == tuple(-(-s // 8) * 8 for s in size)

@@ -12,11 +12,22 @@ from torch import Tensor, nn
 from ..wavelets import DWTForward, DWTInverse
 
 
+def _tracing() -> bool:
+    """True while TorchScript tracing (``torch.onnx.export(dynamo=False)``) or torch.compile/export runs."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tensor:
-    """Pad the bottom/right of a B×C×H×W map so H and W are multiples of ``multiple``."""
+    """Pad the bottom/right of a B×C×H×W map so H and W are multiples of ``multiple``.
+
+    The amounts are ``(-size) % multiple`` of the map's own sizes, which the ONNX tracer and
+    ``torch.export`` keep symbolic, so an exported graph pads correctly at any input size.
+    While tracing, the map is always padded (possibly by 0): skipping the pad on the example
+    size would bake that decision into the graph. Eager calls skip a zero pad (same values).
+    """
     pad_h = (-x.shape[-2]) % multiple
     pad_w = (-x.shape[-1]) % multiple
-    if pad_h == 0 and pad_w == 0:
+    if not _tracing() and pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 

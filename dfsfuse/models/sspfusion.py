@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses.structure import sobel_structure, structure_loss, structure_magnitude
+from ..losses.fusion import _SOBEL_X
+from ..losses.structure import structure_loss, structure_magnitude
 from .blocks import ConvAct, OutputHead, crop_to, fused_from_residual, pad_to_multiple
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -56,6 +57,18 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def sobel_signal(x: Tensor) -> Tensor:
+    """:func:`~dfsfuse.losses.structure.sobel_structure` of a one-channel map ``B×1×H×W`` → ``B×2×H×W``.
+
+    The same numbers (same kernel, replicate borders, same convolution call), but the kernel
+    is a fixed ``2×1×3×3`` tensor rather than one repeated per input channel: a kernel whose
+    shape depends on a traced size cannot be exported to ONNX.
+    """
+    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels)
+
+
 class StructuralFeatureExtractor(nn.Module):
     """SFE: stem + residual blocks → structural features, and their Sobel structural signal."""
 
@@ -67,7 +80,7 @@ class StructuralFeatureExtractor(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """B×1×H×W image → (B×C×H×W features, B×2×H×W structural signal)."""
         features = self.features(x)
-        return features, sobel_structure(self.to_structure(features))
+        return features, sobel_signal(self.to_structure(features))
 
 
 class SPFLevel(nn.Module):
