@@ -1,0 +1,171 @@
+"""``dfsfuse segbench``: the semantic benchmark of task-driven fusion papers (SeAFusion, PSFusion).
+
+For each input kind (IR, VIS, avg, max, teacher, student, ``--model NAME=DIR``, ``--fused
+NAME=DIR``) train the same segmenter from scratch with the same seed and budget on the labelled
+training pairs rendered with that input, and report mIoU / per-class IoU on a labelled test
+folder; or, with ``--quick``, score one trained segmenter on every kind. A thin front end over
+:mod:`dfsfuse.semantic_bench`; ``benchmarks/semantic.py`` uses the same parser and ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+
+def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] = None) -> None:
+    """Add the semantic benchmark options to ``parser`` (shared by the CLI and ``benchmarks/semantic.py``)."""
+    from ..semantic_bench import BUILTIN_KINDS
+
+    parser.add_argument("--train", type=Path, metavar="DIR",
+                        help="labelled training folder (ir/, vi/, Segmentation_labels/); "
+                             "default ../shared/data/msrs/train ($DFSFUSE_SHARED_DATA overrides ../shared/data)")
+    parser.add_argument("--test", type=Path, metavar="DIR",
+                        help="labelled test folder, same layout (default ../shared/data/msrs/val)")
+    parser.add_argument("--kinds", nargs="+", default=list(BUILTIN_KINDS), metavar="KIND",
+                        help=f"built-in input kinds, any of {' '.join(BUILTIN_KINDS)} (default: all)")
+    parser.add_argument("--teacher", type=Path, metavar="DIR",
+                        help="teacher model folder (default: the shipped dfsfuse/assets/teacher; skipped if absent)")
+    parser.add_argument("--student", type=Path, metavar="DIR",
+                        help="student model folder (default: the shipped dfsfuse/assets/student)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                        help="also an exported fusion model folder (repeatable)")
+    parser.add_argument("--fused", action="append", default=[], metavar="NAME=DIR",
+                        help="also a folder of fused images named by pair stem, covering the train and test pairs "
+                             "(or with sub-folders named like the train/test folders, e.g. DIR/train, DIR/val)")
+    parser.add_argument("--quick", nargs="?", const="", default=None, metavar="SEGMENTER_DIR",
+                        help="no training: score this exported segmenter on every kind "
+                             "(default: the shipped dfsfuse/assets/segmenter)")
+    parser.add_argument("--full", action="store_true",
+                        help="GPU setting: native resolution, 384x512 crops, 4000 steps of batch 16, the registry "
+                             "segmenter (default: the fast CPU setting)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="train with seeds 0..N-1 (default 1)")
+    parser.add_argument("--steps", type=int, help="training steps per segmenter (fast default 300)")
+    parser.add_argument("--batch-size", type=int, help="training batch (fast default 8)")
+    parser.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
+    parser.add_argument("--size", metavar="HxW|native",
+                        help="working resolution (fast default 240x320; quick default native)")
+    parser.add_argument("--crop", metavar="HxW|none", help="random training crop (fast default 160x224)")
+    parser.add_argument("--segmenter", metavar="SPEC",
+                        help="segmenter to train, registry name[:key=value,...] "
+                             "(fast default segmenter:backbone=mobilenetv3_small_100,fpn_dim=32)")
+    parser.add_argument("--loss", choices=("weighted", "ohem", "plain"),
+                        help="segmentation loss (default weighted: ENet weights of the training labels)")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda with --full when available, else cpu)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--picture-image", metavar="STEM",
+                        help="test image shown in the picture (default: the one with the most classes)")
+    parser.add_argument("--json", type=Path, default=json_default, help="write the results to this JSON file")
+    parser.add_argument("--png", type=Path,
+                        help="write the picture here (default: the --json path with .png; none without --json)")
+
+
+def _hw(text: Optional[str], option: str, none_words: tuple) -> object:
+    """``None`` (not given), ``"none"`` for the words in ``none_words``, else (H, W)."""
+    from ..bench import parse_size
+
+    if text is None:
+        return None
+    if text.lower() in none_words:
+        return "none"
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`dfsfuse.semantic_bench.SegBenchSettings` for parsed arguments."""
+    from ..fuse import resolve_device
+    from ..semantic_bench import default_data_root, fast_settings, full_settings
+
+    root = default_data_root() / "msrs"
+    overrides = {
+        "train_dir": str(args.train or root / "train"),
+        "test_dir": str(args.test or root / "val"),
+    }
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    overrides["seeds"] = list(range(args.seeds))
+    for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                       ("segmenter", args.segmenter), ("seg_loss", args.loss)):
+        if value is not None:
+            overrides[key] = value
+    size = _hw(args.size, "--size", ("native", "none", "full"))
+    crop = _hw(args.crop, "--crop", ("none", "whole"))
+    if size is not None:
+        overrides["size"] = None if size == "none" else size
+    elif args.quick is not None:
+        overrides["size"] = None
+    if crop is not None:
+        overrides["crop"] = None if crop == "none" else crop
+    if args.device is not None:
+        overrides["device"] = str(resolve_device(args.device))
+    settings = full_settings(**overrides) if args.full else fast_settings(**overrides)
+    settings.validate()
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark (or the quick mode), print the table, write JSON and picture when asked."""
+    import torch
+    from rich.console import Console
+
+    from ..semantic_bench import (
+        package_asset,
+        parse_named,
+        print_table,
+        resolve_kinds,
+        run_benchmark,
+        run_quick,
+        save_picture,
+    )
+    from ..train.progress import StageProgress
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    settings = settings_from_args(args)
+    console = Console()
+    if not console.is_terminal:  # logs: wide enough for the per-class table
+        console = Console(width=150)
+    say = lambda text: console.print(f"[dim]{text}[/]")  # noqa: E731
+    quick_dir = None
+    if args.quick is not None:
+        quick_dir = Path(args.quick) if args.quick else package_asset("segmenter")
+        if not (quick_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{quick_dir}: no exported segmenter (config.json) for --quick")
+    kinds, skipped = resolve_kinds(args.kinds, args.teacher, args.student, parse_named(args.model, "--model"),
+                                   parse_named(args.fused, "--fused"), settings.device)
+    for name, why in skipped.items():
+        console.print(f"[yellow]note: skipping {name}: {why}[/]")
+    if quick_dir is not None:
+        result, test = run_quick(quick_dir, settings, kinds, skipped, args.picture_image, say)
+    else:
+        result, test = run_benchmark(settings, kinds, skipped, args.picture_image, say,
+                                     progress=lambda name, total: StageProgress(name, total))
+    print_table(result, console)
+    console.print(f"wall time {result.settings['wall_time_s']:.0f} s")
+    if args.json:
+        console.print(f"wrote {result.save_json(args.json)}")
+    png = args.png or (args.json.with_suffix(".png") if args.json else None)
+    if png:
+        console.print(f"wrote {save_picture(result, test, png)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``segbench`` subcommand."""
+    parser = subparsers.add_parser(
+        "segbench",
+        help="semantic benchmark: mIoU of a segmenter trained on IR, VIS, avg, max, teacher, student fusions",
+        description=(
+            "Task-driven evaluation (SeAFusion/PSFusion protocol): train the same segmenter from scratch, same seed "
+            "and budget, on the labelled training pairs rendered with each input kind; report mIoU and per-class IoU "
+            "on a labelled test folder. --quick scores one trained segmenter on every kind instead."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)

@@ -1,0 +1,748 @@
+"""Semantic benchmark: how useful each kind of input is to a segmenter trained on it.
+
+The protocol of task-driven fusion papers (SeAFusion, PSFusion): for every input kind — IR
+alone, VIS alone (luminance), the ``avg`` and ``max`` rules, the teacher's and the student's
+fusion, any exported fusion model or folder of fused images — render the labelled training
+pairs with that input (each pair fused once, up front, kept in memory as 8-bit images like a
+saved fusion), train the *same* segmenter from scratch with the same seed, data order, crops
+and budget, and report mIoU and per-class IoU on a held-out labelled folder rendered the same way.
+The quick mode scores one already trained segmenter on every kind without retraining.
+
+Images are resized (area) to ``size`` before fusing, labels with nearest neighbour; ``size=None``
+keeps the native resolution (the papers' setting, ``--full``). mIoU is computed from one
+confusion matrix over the whole test folder (unlabeled class included, as the MSRS tables do).
+Library behind ``dfsfuse segbench`` and ``benchmarks/semantic.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .atomic import atomic_path, write_bytes_atomic
+from .baselines import baseline_fusion
+from .data.errors import DatasetError
+from .data.synthetic import CLASS_NAMES
+from .metrics.segmentation import ConfusionMatrix
+
+Size = Tuple[int, int]
+IGNORE_INDEX = 255
+BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
+RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max")
+# MFNet / RTFNet colours of the 9 MSRS classes (RGB).
+PALETTE: Tuple[Tuple[int, int, int], ...] = (
+    (0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192),
+    (128, 128, 0), (64, 64, 128), (192, 128, 128), (192, 64, 0),
+)
+FAST_SEGMENTER = "segmenter:backbone=mobilenetv3_small_100,fpn_dim=32"
+
+
+def default_data_root() -> Path:
+    """``$DFSFUSE_SHARED_DATA`` or ``../shared/data`` (relative to the working directory)."""
+    return Path(os.environ.get("DFSFUSE_SHARED_DATA", Path("..") / "shared" / "data"))
+
+
+def package_asset(name: str) -> Path:
+    """A folder under ``dfsfuse/assets`` (may not exist)."""
+    return Path(__file__).resolve().parent / "assets" / name
+
+
+@dataclass
+class SegBenchSettings:
+    """How every segmenter is trained and scored (identical for every input kind).
+
+    ``size``: working resolution (H, W), ``None`` = native; ``crop``: random training crop,
+    ``None`` = whole images; ``segmenter``: registry spec ``name:key=value,...``;
+    ``seg_loss``: ``weighted`` (ENet weights of the training labels), ``ohem`` or ``plain``.
+    """
+
+    train_dir: str = ""
+    test_dir: str = ""
+    size: Optional[Size] = (240, 320)
+    crop: Optional[Size] = (160, 224)
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    segmenter: str = FAST_SEGMENTER
+    seg_loss: str = "weighted"
+    seeds: List[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    eval_batch: int = 4
+    hflip: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings that cannot run."""
+        from .losses import SEG_LOSS_MODES
+
+        if self.steps < 1 or self.batch_size < 1 or self.eval_batch < 1:
+            raise ValueError("steps, batch size and eval batch must be at least 1")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.seg_loss not in SEG_LOSS_MODES:
+            raise ValueError(f"segmentation loss {self.seg_loss!r}: choose from {', '.join(SEG_LOSS_MODES)}")
+        if not self.seeds:
+            raise ValueError("at least one seed")
+        for name, hw in (("size", self.size), ("crop", self.crop)):
+            if hw is not None and (len(hw) != 2 or min(hw) < 1):
+                raise ValueError(f"{name} must be HEIGHTxWIDTH with positive values, got {hw}")
+
+
+def fast_settings(**overrides: Any) -> SegBenchSettings:
+    """The CPU setting (≈ 3–5 min per kind on one core): 240×320 images, 160×224 crops, 300 steps
+    of batch 8, a MobileNetV3-small FPN segmenter, class-weighted CE."""
+    return SegBenchSettings(**overrides)
+
+
+def full_settings(**overrides: Any) -> SegBenchSettings:
+    """The GPU setting: native 480×640 images, 384×512 crops, 4000 steps of batch 16, the
+    registry segmenter (MobileNetV3-large FPN)."""
+    base = dict(size=None, crop=(384, 512), steps=4000, batch_size=16, lr=2e-3, warmup_steps=200,
+                segmenter="segmenter", device="cuda" if torch.cuda.is_available() else "cpu", eval_batch=8)
+    base.update(overrides)
+    return SegBenchSettings(**base)
+
+
+# --------------------------------------------------------------------------------------------
+# Data: a labelled split at the working size
+
+
+@dataclass
+class LabelledSplit:
+    """A labelled folder at the working size: 8-bit IR and VIS luminance (1×H×W uint8),
+    visible chroma (2×H×W float in [0, 1], for pictures), labels (H×W int64), native sizes."""
+
+    root: Path
+    names: List[str]
+    ir: List[Tensor]
+    vis: List[Tensor]
+    cbcr: List[Tensor]
+    labels: List[Tensor]
+    native: List[Size]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _resize_image(x: Tensor, size: Optional[Size]) -> Tensor:
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None].float(), size=size, mode="area")[0]
+
+
+def _resize_label(label: Tensor, size: Optional[Size]) -> Tensor:
+    if size is None or tuple(label.shape) == tuple(size):
+        return label
+    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
+def _to_u8(x: Tensor) -> Tensor:
+    """[0, 1] floats → uint8 rounded half to even, as a fused image is saved."""
+    return torch.round(x.float() * 255.0).clamp(0, 255).to(torch.uint8)
+
+
+def check_labelled_folder(root: os.PathLike) -> int:
+    """Number of labelled pairs in ``root`` (files listed and matched, not read); :class:`DatasetError` if none."""
+    from .data.pairs import PairedImages
+
+    dataset = PairedImages(root, labels=True)
+    if not dataset.has_labels:
+        raise DatasetError(f"{root}: no Segmentation_labels/ folder (the semantic benchmark needs labels)")
+    return len(dataset)
+
+
+def load_labelled_split(root: os.PathLike, size: Optional[Size] = None) -> LabelledSplit:
+    """Read every labelled pair of an MSRS-layout split folder (``ir/``, ``vi/``,
+    ``Segmentation_labels/``) at ``size``. Missing labels or bad files raise
+    :class:`DatasetError` naming the file."""
+    from .data.pairs import PairedImages
+
+    root = Path(root)
+    check_labelled_folder(root)
+    dataset = PairedImages(root, labels=True)
+    split = LabelledSplit(root, [], [], [], [], [], [])
+    for sample in dataset:
+        split.names.append(sample["name"])
+        split.native.append(tuple(sample["ir"].shape[-2:]))
+        split.ir.append(_to_u8(_resize_image(sample["ir"], size)))
+        split.vis.append(_to_u8(_resize_image(sample["vis_y"], size)))
+        split.cbcr.append(_resize_image(sample["vis_cbcr"], size).float())
+        split.labels.append(_resize_label(sample["label"], size))
+    return split
+
+
+# --------------------------------------------------------------------------------------------
+# Input kinds
+
+
+@dataclass
+class InputKind:
+    """One kind of segmenter input: a fixed rule (``ir``, ``vis``, ``avg``, ``max``), a fusion
+    model (``model``) or a folder of fused images matched by stem (``folder``)."""
+
+    name: str
+    rule: Optional[str] = None
+    model: Optional[nn.Module] = None
+    folder: Optional[Path] = None
+    source: str = ""
+
+    def describe(self) -> str:
+        """What the kind is, for the settings record."""
+        if self.rule is not None:
+            return {"ir": "infrared alone", "vis": "visible luminance alone", "avg": "(ir + vis) / 2",
+                    "max": "max(ir, vis)"}[self.rule]
+        return self.source
+
+
+def load_fusion_model(path: os.PathLike, device: str = "cpu") -> nn.Module:
+    """An exported fusion model folder (``from_pretrained``); ``ValueError`` if it is not a fusion model."""
+    from .export import from_pretrained
+
+    model = from_pretrained(path, device=device)
+    if getattr(model, "kind", "") != "fusion":
+        raise ValueError(f"{path}: {getattr(model, 'arch_name', type(model).__name__)!r} is not a fusion model")
+    return model
+
+
+def _folder_for(folder: Path, split: LabelledSplit) -> Path:
+    """``DIR/<split folder name>`` when it exists (e.g. ``DIR/train``, ``DIR/val``), else ``DIR``."""
+    sub = folder / split.root.name
+    return sub if sub.is_dir() else folder
+
+
+@torch.inference_mode()
+def render(kind: InputKind, split: LabelledSplit, batch_size: int = 4,
+           on_image: Optional[Callable[[], None]] = None) -> List[Tensor]:
+    """The split's images as seen through ``kind``: one 1×H×W uint8 tensor per pair."""
+    out: List[Tensor] = []
+    if kind.rule is not None:
+        for ir, vis in zip(split.ir, split.vis):
+            fused = baseline_fusion(ir[0].numpy().astype(np.float32), vis[0].numpy().astype(np.float32), kind.rule)
+            out.append(torch.from_numpy(fused)[None])
+            if on_image:
+                on_image()
+        return out
+    if kind.folder is not None:
+        from .data.io import read_gray
+        from .data.pairs import list_images
+
+        folder = _folder_for(kind.folder, split)
+        files = list_images(folder)
+        for name, native, ir in zip(split.names, split.native, split.ir):
+            if name not in files:
+                raise DatasetError(f"{folder / name}.png: fused image for kind {kind.name!r} not found "
+                                   f"(files are matched by stem)")
+            gray = read_gray(files[name])
+            if gray.shape != tuple(native):
+                raise DatasetError(f"{files[name]}: size {gray.shape[1]}x{gray.shape[0]} does not match the pair's "
+                                   f"{native[1]}x{native[0]}")
+            image = _to_u8(_resize_image(torch.from_numpy(gray / np.float32(255.0))[None], tuple(ir.shape[-2:])))
+            out.append(image)
+            if on_image:
+                on_image()
+        return out
+    assert kind.model is not None
+    device = next(iter(kind.model.parameters())).device
+    order = sorted(range(len(split)), key=lambda i: (tuple(split.ir[i].shape), i))
+    fused_by_index: Dict[int, Tensor] = {}
+    i = 0
+    while i < len(order):
+        group = [order[i]]
+        while (len(group) < batch_size and i + len(group) < len(order)
+               and split.ir[order[i + len(group)]].shape == split.ir[order[i]].shape):
+            group.append(order[i + len(group)])
+        ir = torch.stack([split.ir[j] for j in group]).float().div(255.0).to(device)
+        vis = torch.stack([split.vis[j] for j in group]).float().div(255.0).to(device)
+        fused = _to_u8(kind.model(ir, vis).fused.float().clamp(0, 1)).cpu()
+        for j, f in zip(group, fused):
+            fused_by_index[j] = f
+            if on_image:
+                on_image()
+        i += len(group)
+    return [fused_by_index[j] for j in range(len(split))]
+
+
+def parse_named(items: Sequence[str], option: str) -> Dict[str, Path]:
+    """``["NAME=PATH", ...]`` → ``{NAME: PATH}``; ``ValueError`` for a malformed or repeated name."""
+    out: Dict[str, Path] = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            raise ValueError(f"{option} {item!r}: expected NAME=PATH")
+        if name in out:
+            raise ValueError(f"{option} {item!r}: name {name!r} given twice")
+        out[name.strip()] = Path(path.strip())
+    return out
+
+
+def resolve_kinds(builtins: Sequence[str] = BUILTIN_KINDS, teacher: Optional[os.PathLike] = None,
+                  student: Optional[os.PathLike] = None, models: Optional[Dict[str, Path]] = None,
+                  fused: Optional[Dict[str, Path]] = None, device: str = "cpu") -> Tuple[List[InputKind], Dict[str, str]]:
+    """The kinds to benchmark and the skipped ones (``{name: why}``).
+
+    ``teacher`` / ``student`` default to the shipped ``dfsfuse/assets/teacher`` and ``.../student``;
+    a built-in model kind whose default folder does not exist is skipped (not an error). A folder
+    given explicitly (``teacher``, ``student``, ``models``, ``fused``) must exist.
+    """
+    kinds: List[InputKind] = []
+    skipped: Dict[str, str] = {}
+    paths = {"teacher": Path(teacher) if teacher else package_asset("teacher"),
+             "student": Path(student) if student else package_asset("student")}
+    for name in builtins:
+        if name in RULE_KINDS:
+            kinds.append(InputKind(name, rule=name))
+        elif name in paths:
+            path = paths[name]
+            given = teacher if name == "teacher" else student
+            if not (path / "config.json").is_file():
+                if given:
+                    raise FileNotFoundError(f"{path}: no exported {name} model (config.json) here")
+                skipped[name] = f"no exported model at {path} (not shipped yet)"
+                continue
+            kinds.append(InputKind(name, model=load_fusion_model(path, device), source=f"fusion model {path}"))
+        else:
+            raise ValueError(f"unknown input kind {name!r}; choose from {', '.join(BUILTIN_KINDS)}")
+    taken = {k.name for k in kinds} | set(skipped)
+    for name, path in (models or {}).items():
+        if name in taken:
+            raise ValueError(f"--model {name}={path}: the name {name!r} is already used")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"{path}: model folder not found (--model {name})")
+        kinds.append(InputKind(name, model=load_fusion_model(path, device), source=f"fusion model {path}"))
+        taken.add(name)
+    for name, path in (fused or {}).items():
+        if name in taken:
+            raise ValueError(f"--fused {name}={path}: the name {name!r} is already used")
+        if not Path(path).is_dir():
+            raise DatasetError(f"{path}: folder of fused images not found (--fused {name})")
+        kinds.append(InputKind(name, folder=Path(path), source=f"fused images in {path}"))
+        taken.add(name)
+    return kinds, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def build_segmenter(spec: str, num_classes: int = 9) -> nn.Module:
+    """A randomly initialised segmenter from a registry spec (``segmenter:backbone=…,fpn_dim=…``)."""
+    from .bench import parse_model_spec
+    from .models import create_model, model_kind
+
+    parsed = parse_model_spec(spec)
+    if model_kind(parsed.name) != "segmentation":
+        raise ValueError(f"segmenter {spec!r}: {parsed.name!r} is not a segmentation model")
+    kwargs = dict(parsed.kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    return create_model(parsed.name, **kwargs)
+
+
+def _sample_batch(images: Sequence[Tensor], labels: Sequence[Tensor], indices: Sequence[int],
+                  crop: Optional[Size], hflip: bool, g: torch.Generator) -> Tuple[Tensor, Tensor]:
+    """Random crops (padded with 0 / ignore when an image is smaller) and flips, drawn from ``g``."""
+    xs, ys = [], []
+    for i in indices:
+        x, y = images[i].float().div(255.0), labels[i]
+        if crop is not None:
+            ch, cw = crop
+            h, w = x.shape[-2:]
+            if h < ch or w < cw:
+                x = F.pad(x, (0, max(0, cw - w), 0, max(0, ch - h)))
+                y = F.pad(y, (0, max(0, cw - w), 0, max(0, ch - h)), value=IGNORE_INDEX)
+                h, w = x.shape[-2:]
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            x, y = x[:, top:top + ch, left:left + cw], y[top:top + ch, left:left + cw]
+        if hflip and bool(torch.rand(1, generator=g) < 0.5):
+            x, y = x.flip(-1), y.flip(-1)
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings: SegBenchSettings, seed: int,
+                    class_weights: Optional[Sequence[float]] = None,
+                    on_step: Optional[Callable[[int, float], None]] = None) -> nn.Module:
+    """Train ``settings.segmenter`` from scratch on ``images`` (1×H×W uint8) / ``labels``.
+
+    Everything random — initial weights, the order of images (a fresh permutation per epoch),
+    crops and flips — comes from ``seed``, so two kinds trained with one seed see the same
+    pixels positions in the same order. Warm-up + cosine AdamW.
+    """
+    from .losses import SegmentationCE
+
+    if len(images) != len(labels) or not images:
+        raise ValueError("need as many training images as labels, at least one")
+    device = torch.device(settings.device)
+    torch.manual_seed(seed)
+    model = build_segmenter(settings.segmenter).to(device).train()
+    criterion = SegmentationCE(settings.seg_loss, class_weights=class_weights if settings.seg_loss != "plain" else None,
+                               ignore_index=IGNORE_INDEX)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    g = torch.Generator().manual_seed(seed)
+    order: List[int] = []
+    for step in range(settings.steps):
+        while len(order) < settings.batch_size:
+            order += torch.randperm(len(images), generator=g).tolist()
+        batch, order = order[:settings.batch_size], order[settings.batch_size:]
+        x, y = _sample_batch(images, labels, batch, settings.crop, settings.hflip, g)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * _lr_factor(step, settings.steps, settings.warmup_steps)
+        loss = criterion(model(x.to(device)).logits, y.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"segmenter loss became {loss.item()} at step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step + 1, float(loss.detach()))
+    return model.eval()
+
+
+@torch.inference_mode()
+def evaluate_segmenter(model: nn.Module, images: Sequence[Tensor], labels: Sequence[Tensor], batch_size: int = 4,
+                       keep: Sequence[int] = ()) -> Tuple[ConfusionMatrix, Dict[int, Tensor]]:
+    """Confusion matrix of ``model`` over whole images; also the predictions (H×W int64) of the
+    images whose indices are in ``keep``."""
+    model.eval()
+    device = next(iter(model.parameters())).device
+    num_classes = getattr(model, "num_classes", 9)
+    cm = ConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+    kept: Dict[int, Tensor] = {}
+    order = sorted(range(len(images)), key=lambda i: (tuple(images[i].shape), i))
+    i = 0
+    while i < len(order):
+        group = [order[i]]
+        while (len(group) < batch_size and i + len(group) < len(order)
+               and images[order[i + len(group)]].shape == images[order[i]].shape):
+            group.append(order[i + len(group)])
+        x = torch.stack([images[j] for j in group]).float().div(255.0).to(device)
+        pred = model(x).logits.argmax(1).cpu()
+        target = torch.stack([labels[j] for j in group])
+        cm.update(pred, target)
+        for j, p in zip(group, pred):
+            if j in keep:
+                kept[j] = p
+        i += len(group)
+    return cm, kept
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run
+
+
+@dataclass
+class KindResult:
+    """One kind's scores: per seed mIoU and per-class IoU (NaN for a class absent from both
+    labels and predictions), the rendered picture image and its predictions."""
+
+    name: str
+    miou: List[float] = field(default_factory=list)
+    iou: List[List[float]] = field(default_factory=list)
+    seconds: float = 0.0
+    picture_image: Optional[Tensor] = None
+    picture_pred: Optional[Tensor] = None
+
+    @property
+    def mean_miou(self) -> float:
+        """mIoU averaged over seeds."""
+        return float(np.mean(self.miou))
+
+    def mean_iou(self) -> List[float]:
+        """Per-class IoU averaged over seeds (NaN only where every seed is NaN)."""
+        arr = np.asarray(self.iou, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            counts = (~np.isnan(arr)).sum(0)
+            sums = np.nansum(arr, 0)
+            return [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
+
+
+@dataclass
+class SegBenchResult:
+    """Settings, per-kind results and notes (skipped kinds) of one run."""
+
+    settings: Dict[str, Any]
+    kinds: List[KindResult]
+    seeds: List[int]
+    class_names: Tuple[str, ...] = CLASS_NAMES
+
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"settings", "miou", "iou", "seeds"}`` (+ ``"miou_per_seed"`` with several seeds);
+        non-finite numbers become ``None``."""
+        out: Dict[str, Any] = {
+            "settings": self.settings,
+            "miou": {k.name: k.mean_miou for k in self.kinds},
+            "iou": {k.name: dict(zip(self.class_names, k.mean_iou())) for k in self.kinds},
+            "seeds": list(self.seeds),
+        }
+        if len(self.seeds) > 1:
+            out["miou_per_seed"] = {k.name: list(k.miou) for k in self.kinds}
+        return _finite(out)
+
+    def save_json(self, path: os.PathLike) -> Path:
+        """Write :meth:`to_dict` as indented JSON, atomically."""
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        return write_bytes_atomic(Path(path), text.encode())
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def pick_picture_index(split: LabelledSplit, name: Optional[str] = None) -> int:
+    """The test image shown in the picture: ``name``, else the one with the most distinct
+    labelled classes (then the most labelled foreground pixels)."""
+    if name is not None:
+        if name not in split.names:
+            raise ValueError(f"picture image {name!r} is not in {split.root}")
+        return split.names.index(name)
+
+    def score(i: int) -> Tuple[int, int]:
+        y = split.labels[i]
+        fg = y[(y != 0) & (y != IGNORE_INDEX)]
+        return len(torch.unique(fg)), int(fg.numel())
+
+    return max(range(len(split)), key=lambda i: (score(i), -i))
+
+
+def _hardware(settings: SegBenchSettings) -> Dict[str, Any]:
+    from .bench import cpu_model
+
+    device = torch.device(settings.device)
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _base_settings(settings: SegBenchSettings, kinds: Sequence[InputKind], skipped: Dict[str, str],
+                   mode: str) -> Dict[str, Any]:
+    record = asdict(settings)
+    record["size"] = list(settings.size) if settings.size else "native"
+    record["crop"] = list(settings.crop) if settings.crop else "whole image"
+    record.update({
+        "mode": mode,
+        "kinds": {k.name: k.describe() for k in kinds},
+        "skipped": dict(skipped),
+        "resize": "area for images (before fusing), nearest for labels; fusions rounded to 8 bits",
+        "miou": "one confusion matrix over the whole test folder; mean over classes present in labels or "
+                "predictions, unlabeled (class 0) included",
+        **_hardware(settings),
+    })
+    return record
+
+
+Reporter = Callable[[str], None]
+
+
+def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skipped: Optional[Dict[str, str]] = None,
+                  picture_name: Optional[str] = None, say: Reporter = lambda _: None,
+                  progress: Optional[Callable[[str, int], Any]] = None) -> Tuple[SegBenchResult, LabelledSplit]:
+    """Train one segmenter per kind and seed, score each on the test folder.
+
+    ``progress(description, total)`` returns a context manager with ``update(step, loss)``
+    (e.g. :class:`dfsfuse.train.progress.StageProgress`); ``say`` prints notes.
+    """
+    from .losses import class_weights_from_labels
+
+    settings.validate()
+    if not kinds:
+        raise ValueError("no input kind to benchmark")
+    started = time.time()
+    for folder in (settings.train_dir, settings.test_dir):  # list both (cheap) before reading either
+        check_labelled_folder(folder)
+    say(f"reading {settings.train_dir} and {settings.test_dir}")
+    train = load_labelled_split(settings.train_dir, settings.size)
+    test = load_labelled_split(settings.test_dir, settings.size)
+    weights = class_weights_from_labels(torch.cat([y.flatten() for y in train.labels]))
+    pic = pick_picture_index(test, picture_name)
+    results: List[KindResult] = []
+    for kind in kinds:
+        t0 = time.time()
+        say(f"{kind.name}: rendering {len(train)} train + {len(test)} test pairs")
+        train_images = render(kind, train, settings.eval_batch)
+        test_images = render(kind, test, settings.eval_batch)
+        result = KindResult(kind.name, picture_image=test_images[pic])
+        for seed in settings.seeds:
+            bar = progress(f"{kind.name} seed {seed}", settings.steps) if progress else None
+            if bar is not None:
+                with bar:
+                    model = train_segmenter(train_images, train.labels, settings, seed, weights, bar.update)
+            else:
+                model = train_segmenter(train_images, train.labels, settings, seed, weights)
+            cm, kept = evaluate_segmenter(model, test_images, test.labels, settings.eval_batch, keep=[pic])
+            result.miou.append(cm.miou())
+            result.iou.append(cm.iou().tolist())
+            if result.picture_pred is None:
+                result.picture_pred = kept[pic]
+            say(f"{kind.name} seed {seed}: mIoU {result.miou[-1]:.4f}")
+        result.seconds = time.time() - t0
+        results.append(result)
+    record = _base_settings(settings, kinds, skipped or {}, "train")
+    record.update({"class_weights": list(weights), "train_pairs": len(train), "test_pairs": len(test),
+                   "picture_image": test.names[pic], "seconds_per_kind": {r.name: round(r.seconds, 1) for r in results},
+                   "wall_time_s": round(time.time() - started, 1)})
+    return SegBenchResult(record, results, list(settings.seeds)), test
+
+
+def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Sequence[InputKind],
+              skipped: Optional[Dict[str, str]] = None, picture_name: Optional[str] = None,
+              say: Reporter = lambda _: None) -> Tuple[SegBenchResult, LabelledSplit]:
+    """Score one trained segmenter (an exported folder) on every kind of the test folder, no training."""
+    from .export import from_pretrained
+
+    started = time.time()
+    if not kinds:
+        raise ValueError("no input kind to benchmark")
+    segmenter = from_pretrained(segmenter_dir, device=settings.device)
+    if getattr(segmenter, "kind", "") != "segmentation":
+        raise ValueError(f"{segmenter_dir}: {getattr(segmenter, 'arch_name', '?')!r} is not a segmentation model")
+    say(f"reading {settings.test_dir}")
+    test = load_labelled_split(settings.test_dir, settings.size)
+    pic = pick_picture_index(test, picture_name)
+    results: List[KindResult] = []
+    for kind in kinds:
+        t0 = time.time()
+        images = render(kind, test, settings.eval_batch)
+        cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic])
+        results.append(KindResult(kind.name, [cm.miou()], [cm.iou().tolist()], time.time() - t0,
+                                  images[pic], kept[pic]))
+        say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
+    record = _base_settings(settings, kinds, skipped or {}, "quick")
+    for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",
+                "hflip"):
+        record.pop(key, None)
+    record.update({"segmenter": str(Path(segmenter_dir).resolve()), "segmenter_arch": segmenter.arch_config(),
+                   "test_pairs": len(test), "picture_image": test.names[pic],
+                   "wall_time_s": round(time.time() - started, 1)})
+    return SegBenchResult(record, results, []), test
+
+
+# --------------------------------------------------------------------------------------------
+# Report: table and picture
+
+
+def print_table(result: SegBenchResult, console: Any = None) -> None:
+    """A rich table: one row per kind, mIoU (± spread over seeds) and per-class IoU."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    best = max((k.mean_miou for k in result.kinds if math.isfinite(k.mean_miou)), default=None)
+    s = result.settings
+    title = (f"Semantic benchmark ({s.get('mode')}): mIoU on {Path(str(s.get('test_dir'))).name}, "
+             f"{'seeds ' + ','.join(map(str, result.seeds)) if result.seeds else 'no retraining'}")
+    table = Table(title=title)
+    table.add_column("input")
+    table.add_column("mIoU", justify="right")
+    for name in result.class_names:
+        table.add_column(name.replace("_", " "), justify="right")
+    for k in result.kinds:
+        m = k.mean_miou
+        cell = f"{m:.4f}"
+        if len(k.miou) > 1:
+            cell += f" ± {float(np.std(k.miou)):.4f}"
+        if best is not None and m == best:
+            cell = f"[bold green]{cell}[/]"
+        table.add_row(k.name, cell, *("-" if math.isnan(v) else f"{v:.3f}" for v in k.mean_iou()))
+    console.print(table)
+    for name, why in (s.get("skipped") or {}).items():
+        console.print(f"[yellow]skipped {name}: {why}[/]")
+
+
+def _colour_labels(label: np.ndarray, gray: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class colours; with ``gray`` the unlabeled pixels show the dimmed image underneath."""
+    palette = np.asarray(PALETTE, dtype=np.uint8)
+    safe = np.where(label == IGNORE_INDEX, 0, label)
+    rgb = palette[safe].astype(np.float32)
+    if gray is not None:
+        background = (safe == 0)[..., None]
+        under = np.repeat(gray[..., None].astype(np.float32) * 0.45, 3, axis=-1)
+        rgb = np.where(background, under, 0.25 * under + 0.75 * rgb)
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def save_picture(result: SegBenchResult, test: LabelledSplit, path: os.PathLike) -> Path:
+    """PNG: one row per kind — IR | VIS | the kind's input | its segmenter's prediction | label —
+    on the picture image, with class colours, a legend and labelled panels. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from .data.color import colorize
+
+    name = result.settings.get("picture_image")
+    index = test.names.index(name)
+    ir = test.ir[index][0].numpy()
+    vis_rgb = (colorize(test.vis[index].float()[None] / 255.0, test.cbcr[index][None])[0]
+               .permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    label = test.labels[index].numpy()
+    kinds = [k for k in result.kinds if k.picture_image is not None]
+    h, w = ir.shape
+    cols = 5
+    fig_w = 15.0
+    panel_h = fig_w / cols * h / w
+    fig, axes = plt.subplots(len(kinds), cols, figsize=(fig_w, panel_h * len(kinds) + 1.4), squeeze=False)
+    headers = ("IR", "VIS", "input to the segmenter", "prediction", "label")
+    for r, k in enumerate(kinds):
+        fused = k.picture_image[0].numpy()
+        pred = k.picture_pred.numpy()
+        cm = ConfusionMatrix()
+        cm.update(torch.from_numpy(pred)[None], torch.from_numpy(label)[None])
+        panels = (ir, vis_rgb, fused, _colour_labels(pred, fused), _colour_labels(label, fused))
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(headers[c], fontsize=11)
+        axes[r, 0].set_ylabel(k.name, fontsize=12, fontweight="bold")
+        axes[r, 3].set_xlabel(f"mIoU: set {k.mean_miou:.3f} · this image {cm.miou():.3f}", fontsize=9)
+    handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="0.5", label=n.replace("_", " "))
+               for n, c in zip(result.class_names, PALETTE)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    mode = result.settings.get("mode")
+    fig.suptitle(f"Semantic benchmark ({mode}) — test image {name}: one segmenter per input"
+                 if mode == "train" else f"Semantic benchmark (quick) — test image {name}: one segmenter, every input",
+                 fontsize=12)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return path

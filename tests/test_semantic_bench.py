@@ -1,0 +1,221 @@
+"""The semantic benchmark end to end on tiny folders: schema, every kind, determinism, quick mode, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dfsfuse.baselines import baseline_fusion
+from dfsfuse.cli import main
+from dfsfuse.data.synthetic import CLASS_NAMES
+from dfsfuse.export import save_pretrained
+from dfsfuse.models import create_model
+from dfsfuse.semantic_bench import (
+    InputKind,
+    evaluate_segmenter,
+    fast_settings,
+    load_labelled_split,
+    render,
+    train_segmenter,
+)
+
+from conftest import REPO, load_script
+
+TINY = ["--size", "native", "--crop", "32x32", "--steps", "2", "--batch-size", "2",
+        "--segmenter", "segmenter:backbone=mobilenetv3_small_050,fpn_dim=8", "--threads", "1"]
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _split(root: Path, names, seed: int, h: int = 40, w: int = 48) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        _save(root / "ir" / f"{name}.png", rng.integers(0, 256, (h, w), dtype=np.uint8))
+        _save(root / "vi" / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        _save(root / "Segmentation_labels" / f"{name}.png", rng.integers(0, 9, (h, w), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """3 train + 2 test labelled pairs, a tiny exported teacher, and max fusions saved as a folder."""
+    root = tmp_path_factory.mktemp("segbench")
+    train = _split(root / "train", ["a", "b", "c"], 0)
+    test = _split(root / "test", ["d", "e"], 1)
+    torch.manual_seed(0)
+    save_pretrained(create_model("teacher", dim=8, bottleneck_depth=1), root / "teacher")
+    fused = root / "fused_max"
+    for split in (train, test):
+        for ir in sorted((split / "ir").iterdir()):
+            vis = np.asarray(Image.open(split / "vi" / ir.name).convert("RGB")).astype(np.float32)
+            y = np.round(np.float32(0.299) * vis[..., 0] + np.float32(0.587) * vis[..., 1]
+                         + np.float32(0.114) * vis[..., 2])
+            _save(fused / split.name / ir.name, baseline_fusion(np.asarray(Image.open(ir), np.float32), y, "max"))
+    return {"root": root, "train": train, "test": test, "teacher": root / "teacher", "fused": fused}
+
+
+def _run(tiny: dict, out: Path, *extra: str) -> dict:
+    argv = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--teacher", str(tiny["teacher"]),
+            "--model", f"student8={REPO / 'dfsfuse' / 'assets' / 'student'}", "--fused", f"maxdir={tiny['fused']}",
+            *TINY, "--json", str(out), *extra]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_end_to_end_schema_every_kind_and_same_seed_same_numbers(tiny, tmp_path):
+    first = _run(tiny, tmp_path / "a.json")
+    kinds = ["ir", "vis", "avg", "max", "teacher", "student", "student8", "maxdir"]
+    assert set(first) == {"settings", "miou", "iou", "seeds"}
+    assert list(first["miou"]) == kinds and list(first["iou"]) == kinds and first["seeds"] == [0]
+    for kind in kinds:
+        assert 0.0 <= first["miou"][kind] <= 1.0
+        assert list(first["iou"][kind]) == list(CLASS_NAMES)
+        assert all(v is None or 0.0 <= v <= 1.0 for v in first["iou"][kind].values())
+    # a folder of max fusions is the max kind, pixel for pixel: same training, same numbers
+    assert first["miou"]["maxdir"] == first["miou"]["max"]
+    assert first["iou"]["maxdir"] == first["iou"]["max"]
+    s = first["settings"]
+    assert s["mode"] == "train" and s["steps"] == 2 and s["train_pairs"] == 3 and s["test_pairs"] == 2
+    assert s["wall_time_s"] > 0 and s["skipped"] == {} and len(s["class_weights"]) == 9
+    png = tmp_path / "a.png"
+    assert png.is_file() and Image.open(png).size[0] > 500
+
+    again = _run(tiny, tmp_path / "b.json")
+    assert again["miou"] == first["miou"] and again["iou"] == first["iou"]
+
+
+def test_several_seeds_record_mean_and_per_seed(tiny, tmp_path):
+    out = _run(tiny, tmp_path / "s.json", "--kinds", "ir", "max", "--seeds", "2")
+    assert out["seeds"] == [0, 1] and set(out["miou_per_seed"]) == {"ir", "max", "student8", "maxdir"}
+    for kind, values in out["miou_per_seed"].items():
+        assert len(values) == 2 and out["miou"][kind] == pytest.approx(sum(values) / 2)
+
+
+def test_library_training_is_seeded_and_learns_a_trivial_task():
+    """Bright rectangles labelled 1 on a dark background: a few dozen steps segment them."""
+    settings = fast_settings(size=None, crop=(32, 32), steps=30, batch_size=4, lr=5e-3, warmup_steps=2,
+                             segmenter="segmenter:backbone=mobilenetv3_small_050,fpn_dim=8", seg_loss="plain")
+    g = torch.Generator().manual_seed(0)
+    images, labels = [], []
+    for _ in range(6):
+        label = torch.zeros(48, 48, dtype=torch.long)
+        top, left = torch.randint(0, 24, (2,), generator=g).tolist()
+        label[top:top + 20, left:left + 20] = 1
+        noise = torch.randint(0, 40, (48, 48), generator=g)
+        images.append((noise + 180 * label).clamp(0, 255).to(torch.uint8)[None])
+        labels.append(label)
+    losses: list = []
+    a = train_segmenter(images, labels, settings, seed=3, on_step=lambda step, loss: losses.append(loss))
+    b = train_segmenter(images, labels, settings, seed=3)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
+    untrained = train_segmenter(images, labels, fast_settings(**{**settings.__dict__, "steps": 1, "lr": 1e-9}), seed=3)
+    trained_iou = evaluate_segmenter(a, images, labels)[0].iou()[:2].mean()
+    assert trained_iou > evaluate_segmenter(untrained, images, labels)[0].iou()[:2].mean() + 0.05
+
+
+def test_quick_mode_scores_one_segmenter_on_every_kind(tiny, tmp_path):
+    torch.manual_seed(0)
+    seg_dir = tmp_path / "seg"
+    save_pretrained(create_model("segmenter", backbone="mobilenetv3_small_050", fpn_dim=8), seg_dir)
+    out_path = tmp_path / "q.json"
+    argv = ["segbench", "--quick", str(seg_dir), "--test", str(tiny["test"]), "--teacher", str(tiny["teacher"]),
+            "--fused", f"maxdir={tiny['fused']}", "--json", str(out_path), "--threads", "1"]
+    assert main(argv) == 0
+    out = json.loads(out_path.read_text())
+    assert list(out["miou"]) == ["ir", "vis", "avg", "max", "teacher", "student", "maxdir"]
+    assert out["seeds"] == [] and out["settings"]["mode"] == "quick"
+    assert all(0.0 <= m <= 1.0 for m in out["miou"].values())
+    assert out["miou"]["maxdir"] == out["miou"]["max"]
+    assert (tmp_path / "q.png").is_file()
+    # the same segmenter scored twice gives the same numbers
+    assert main(argv[:-4] + ["--json", str(tmp_path / "r.json"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["miou"] == out["miou"]
+
+
+def test_missing_shipped_model_is_skipped_with_a_note(tiny, tmp_path, monkeypatch, capsys):
+    import dfsfuse.semantic_bench as sb
+
+    monkeypatch.setattr(sb, "package_asset", lambda name: tmp_path / "assets" / name)
+    out_path = tmp_path / "k.json"
+    argv = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", "ir", "teacher",
+            *TINY, "--json", str(out_path)]
+    assert main(argv) == 0
+    out = json.loads(out_path.read_text())
+    assert list(out["miou"]) == ["ir"] and "teacher" in out["settings"]["skipped"]
+    assert "skipping teacher" in capsys.readouterr().out
+
+
+def _copy_split(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("problem", ["bad-class", "wrong-size", "missing-label", "missing-fused", "no-labels"])
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tiny, tmp_path, capsys, problem):
+    test = _copy_split(tiny["test"], tmp_path / "test")
+    extra = []
+    if problem == "bad-class":
+        label = np.zeros((40, 48), np.uint8)
+        label[5, 5] = 9
+        _save(test / "Segmentation_labels" / "e.png", label)
+        expected = "Segmentation_labels/e.png: label has classes [9] outside 0..8"
+    elif problem == "wrong-size":
+        _save(test / "Segmentation_labels" / "e.png", np.zeros((40, 47), np.uint8))
+        expected = "Segmentation_labels/e.png: label size 47x40 does not match the pair's 48x40"
+    elif problem == "missing-label":
+        (test / "Segmentation_labels" / "e.png").unlink()
+        expected = "ir/e.png: no label named e.*"
+    elif problem == "missing-fused":
+        fused = _copy_split(tiny["fused"], tmp_path / "fused")
+        (fused / "test" / "d.png").unlink()
+        extra = ["--fused", f"f={fused}"]
+        expected = "fused image for kind 'f' not found"
+    else:
+        import shutil
+
+        shutil.rmtree(test / "Segmentation_labels")
+        expected = "no Segmentation_labels/ folder"
+    out_path = tmp_path / "x.json"
+    argv = ["segbench", "--train", str(tiny["train"]), "--test", str(test), "--kinds", "ir", *extra, *TINY,
+            "--json", str(out_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not out_path.exists() and not out_path.with_suffix(".png").exists()
+
+
+def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
+    base = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", "ir"]
+    for extra, expected in ((["--kinds", "thermal"], "unknown input kind 'thermal'"),
+                            (["--model", "x"], "expected NAME=PATH"),
+                            (["--model", f"x={tmp_path / 'nope'}"], "model folder not found"),
+                            (["--teacher", str(tmp_path / "nope"), "--kinds", "teacher"], "no exported teacher"),
+                            (["--size", "abc"], "--size"),
+                            (["--seeds", "0"], "--seeds"),
+                            (["--quick", str(tmp_path)], "no exported segmenter")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_benchmark_script_uses_the_same_code(tiny, tmp_path):
+    script = load_script(REPO / "benchmarks" / "semantic.py", "semantic_benchmark")
+    out = tmp_path / "bench.json"
+    assert script.main(["--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", "vis", *TINY,
+                        "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["miou"]) == ["vis"] and math.isfinite(data["miou"]["vis"])
+    assert script.main(["--test", str(tmp_path / "nope")]) == 2
