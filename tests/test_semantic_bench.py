@@ -219,3 +219,18 @@ def test_benchmark_script_uses_the_same_code(tiny, tmp_path):
     data = json.loads(out.read_text())
     assert list(data["miou"]) == ["vis"] and math.isfinite(data["miou"]["vis"])
     assert script.main(["--test", str(tmp_path / "nope")]) == 2
+
+
+def test_parser_constants_agree_with_the_library_and_import_no_torch():
+    import subprocess
+    import sys
+
+    from dfsfuse.commands import segbench
+    from dfsfuse.losses import SEG_LOSS_MODES
+    from dfsfuse.semantic_bench import BUILTIN_KINDS
+
+    assert segbench.BUILTIN_KINDS == BUILTIN_KINDS and set(segbench.SEG_LOSS_CHOICES) == set(SEG_LOSS_MODES)
+    code = ("import argparse, sys; from dfsfuse.commands import segbench; "
+            "segbench.register(argparse.ArgumentParser().add_subparsers()); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

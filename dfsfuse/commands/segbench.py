@@ -13,11 +13,14 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
+# Torch-free copies of dfsfuse.semantic_bench's constants: building parsers must not import torch
+# (``dfsfuse --help`` stays fast); tests/test_semantic_bench.py checks they agree.
+BUILTIN_KINDS = ("ir", "vis", "avg", "max", "teacher", "student")
+SEG_LOSS_CHOICES = ("weighted", "ohem", "plain")
+
 
 def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] = None) -> None:
     """Add the semantic benchmark options to ``parser`` (shared by the CLI and ``benchmarks/semantic.py``)."""
-    from ..semantic_bench import BUILTIN_KINDS
-
     parser.add_argument("--train", type=Path, metavar="DIR",
                         help="labelled training folder (ir/, vi/, Segmentation_labels/); "
                              "default ../shared/data/msrs/train ($DFSFUSE_SHARED_DATA overrides ../shared/data)")
@@ -50,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--segmenter", metavar="SPEC",
                         help="segmenter to train, registry name[:key=value,...] "
                              "(fast default segmenter:backbone=mobilenetv3_small_100,fpn_dim=32)")
-    parser.add_argument("--loss", choices=("weighted", "ohem", "plain"),
+    parser.add_argument("--loss", choices=SEG_LOSS_CHOICES,
                         help="segmentation loss (default weighted: ENet weights of the training labels)")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda with --full when available, else cpu)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
