@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-BASELINE_METHODS: tuple[str, ...] = ("avg", "max", "ir", "vis")
-"""Every method :func:`baseline_fusion` accepts."""
+from .options import BASELINE_METHODS
+
+__all__ = ["BASELINE_METHODS", "baseline_fusion"]
 
 
 def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:

@@ -58,12 +58,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_bytes_atomic
-
-MODES: Tuple[str, ...] = ("eager", "channels_last", "compile", "bf16", "fp16", "onnxruntime")
-"""Every mode :func:`run_benchmark` knows: fp32 eager, channels-last memory format, ``torch.compile``,
-bf16 / fp16 autocast, and the model exported to ONNX (``dynamo=False``) run by ONNX Runtime."""
-
-DEFAULT_MODELS: Tuple[str, ...] = ("teacher", "student", "segmenter")
+from .options import BENCH_DEFAULT_MODELS as DEFAULT_MODELS
+from .options import BENCH_MODES as MODES
 OK, UNSUPPORTED, ERROR, TIMEOUT = "ok", "unsupported", "error", "timeout"
 MIB = 1024 * 1024
 

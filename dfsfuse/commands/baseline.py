@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..baselines import BASELINE_METHODS
 from ..data.errors import DatasetError
+from ..options import BASELINE_METHODS
 
 LARGE_SET = 10  # show a progress bar from this many pairs on
 

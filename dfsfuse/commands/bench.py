@@ -14,7 +14,8 @@ from typing import Optional
 
 def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] = None) -> None:
     """Add the benchmark options to ``parser`` (shared by the CLI and ``benchmarks/speed.py``)."""
-    from ..bench import DEFAULT_MODELS, MODES
+    from ..options import BENCH_DEFAULT_MODELS as DEFAULT_MODELS
+    from ..options import BENCH_MODES as MODES
 
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="SPEC",
                         help="registered names with optional kwargs (student:width=8), exported model folders, "

@@ -1,0 +1,22 @@
+"""Torch-free constants that command-line parsers need (choices, defaults).
+
+``dfsfuse --help`` must stay fast, so building the parsers imports nothing heavy (no torch,
+numpy or models). A subcommand whose options list choices defined next to heavy code keeps
+those choices here, and the heavy module imports them from here (one source of truth).
+``tests/test_cli_help.py`` fails if building the parsers imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+BENCH_MODES: Tuple[str, ...] = ("eager", "channels_last", "compile", "bf16", "fp16", "onnxruntime")
+"""Every mode :func:`dfsfuse.bench.run_benchmark` knows: fp32 eager, channels-last memory format,
+``torch.compile``, bf16 / fp16 autocast, and the model exported to ONNX (``dynamo=False``) run by
+ONNX Runtime."""
+
+BENCH_DEFAULT_MODELS: Tuple[str, ...] = ("teacher", "student", "segmenter")
+"""Models ``dfsfuse bench`` measures when ``--models`` is not given."""
+
+BASELINE_METHODS: Tuple[str, ...] = ("avg", "max", "ir", "vis")
+"""Every method :func:`dfsfuse.baselines.baseline_fusion` accepts."""
