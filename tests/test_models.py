@@ -54,8 +54,10 @@ def _check_output(name: str, model: nn.Module, out: object, size: tuple[int, int
         assert torch.isfinite(out.fused).all()
         assert out.fused.min() >= 0.0 and out.fused.max() <= 1.0
         assert tuple(out.features) == FUSION_FEATURES
+        stride = model.feature_stride
+        feature_size = tuple(-(-n // stride) for n in size)
         for feature, channels in model.feature_channels.items():
-            assert out.features[feature].shape == (batch, channels, *size), feature
+            assert out.features[feature].shape == (batch, channels, *feature_size), feature
             assert torch.isfinite(out.features[feature]).all(), feature
     else:
         assert isinstance(out, SegmentationOutput)

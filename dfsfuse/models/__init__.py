@@ -3,7 +3,7 @@
 Build any of them by name with :func:`create_model`; importing this package registers them.
 """
 
-from . import segmentation, sscm, sspfusion, student, teacher  # noqa: F401  (registers the models)  # noqa: F401  (registers the variants)
+from . import segmentation, sscm, sspfusion, student, student_fast, teacher  # noqa: F401  (registers the models)  # noqa: F401  (registers the variants)
 from .outputs import (
     FUSION,
     FUSION_FEATURES,
@@ -29,6 +29,7 @@ from .segmentation import Segmenter
 from .sscm import SSCMFusion
 from .sspfusion import SSPFusion, SSPFusionOutput
 from .student import Student
+from .student_fast import StudentFast
 from .teacher import Teacher
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "SSPFusion",
     "SSPFusionOutput",
     "Student",
+    "StudentFast",
     "Teacher",
     "count_parameters",
     "create_model",

@@ -2,8 +2,9 @@
 
 Fusion models take ``forward(ir, vis_y)`` with two B×1×H×W float tensors in [0, 1] and
 return :class:`FusionOutput`. Its ``features`` dict always holds the names in
-:data:`FUSION_FEATURES`, every map at the full input size H×W, so distillation can pair
-teacher and student features by name without resizing:
+:data:`FUSION_FEATURES`, every map at ⌈H/s⌉×⌈W/s⌉ for the model's ``feature_stride`` s (1, the
+full input size, for most models; ``student_fast`` works at 1/4), so distillation pairs teacher
+and student features by name and resizes a reduced-resolution one to the teacher's size:
 
 - ``enc_ir``  — output of the infrared encoder,
 - ``enc_vis`` — output of the visible (luminance) encoder,
@@ -37,7 +38,7 @@ MODEL_KINDS: tuple[str, ...] = (FUSION, SEGMENTATION)
 
 @dataclass
 class FusionOutput:
-    """Result of a fusion model: ``fused`` B×1×H×W in [0, 1] and named full-size features."""
+    """Result of a fusion model: ``fused`` B×1×H×W in [0, 1] and named features (see ``feature_stride``)."""
 
     fused: Tensor
     features: OrderedDict[str, Tensor] = field(default_factory=OrderedDict)
@@ -80,6 +81,8 @@ class FusionModel(ArchModule):
     """Base class of fusion networks: ``forward(ir, vis_y) -> FusionOutput``."""
 
     kind: ClassVar[str] = FUSION
+    feature_stride: int = 1
+    """Features are ⌈H / feature_stride⌉ × ⌈W / feature_stride⌉ maps (1: the input size)."""
 
     @abstractmethod
     def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:

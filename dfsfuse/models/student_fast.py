@@ -1,0 +1,182 @@
+"""A student that is fast by construction on CPU: the body runs at reduced resolution.
+
+The plain ``student`` keeps twelve full-resolution maps; on a CPU it is memory-bound (the
+element-wise ops and ``cat`` between its cheap convs take half its time). ``student_fast``
+moves almost all work to 1/``scale`` of the resolution, where its maps fit in cache and dense
+3×3 convs keep the cores busy:
+
+- both inputs are padded to a multiple of ``scale`` (replicate padding, sizes computed from
+  the tensor so an ONNX export stays dynamic) and pixel-unshuffled (B×1×H×W →
+  B×scale²×H/scale×W/scale: no information is lost);
+- per modality: two :class:`RepConv` layers → features ``enc_ir`` / ``enc_vis`` (``width``);
+- fusion: :class:`RepConv` of both encodings (2·width → width) and one more → ``fusion``;
+- decoder: 1×1 conv of [fusion, enc_ir, enc_vis] (dense link) → :class:`RepConv` → ``decoder``;
+- head: 3×3 conv to scale² channels, pixel-shuffled back to one full-resolution map and
+  cropped to H×W; what it means (a residual over ``max(ir, vis_y)`` by default) is decided
+  in one place, :meth:`StudentFast.fused_image`.
+
+Full-resolution work is only the pad, the unshuffle, the shuffle and the output rule.
+The four features are at H/scale × W/scale (rounded up); the distillation loss resizes them
+to the teacher's size (:class:`dfsfuse.losses.distill.FeatureDistillLoss`).
+
+:class:`RepConv` trains as RepVGG does (3×3 + 1×1 + identity branches, summed) and
+:meth:`StudentFast.reparameterize` folds each into a single 3×3 conv, the same function up
+to float rounding; a reparameterized state dict loads into a fresh model (it folds first).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import fused_from_residual
+from .outputs import FusionModel, FusionOutput
+from .registry import register_model
+
+HEADS: tuple[str, ...] = ("residual",)
+"""Output rules :class:`StudentFast` knows: ``residual`` = clamp(max(ir, vis_y) + head)."""
+
+
+class RepConv(nn.Module):
+    """RepVGG-style 3×3 conv: 3×3 + 1×1 (+ identity when in == out) branches, then LeakyReLU.
+
+    :meth:`reparameterize` folds the branches into the 3×3 conv (exact in real arithmetic),
+    leaving one conv and its activation for inference and export.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 1, act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, groups=groups)
+        self.conv1x1: nn.Conv2d | None = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False)
+        self.identity = in_channels == out_channels
+        self.act: nn.Module = nn.LeakyReLU(0.1, inplace=True) if act else nn.Identity()
+
+    @property
+    def reparameterized(self) -> bool:
+        """Whether the branches have been folded into ``conv``."""
+        return self.conv1x1 is None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``act(conv3x3(x) + conv1x1(x) + x)``, or ``act(conv3x3(x))`` once folded."""
+        y = self.conv(x)
+        if self.conv1x1 is not None:
+            y = y + self.conv1x1(x)
+            if self.identity:
+                y = y + x
+        return self.act(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the 1×1 and identity branches into the 3×3 kernel (no-op when already folded)."""
+        if self.conv1x1 is None:
+            return
+        weight = self.conv.weight + F.pad(self.conv1x1.weight, [1, 1, 1, 1])
+        if self.identity:  # output channel o reads input o, which is index o % (C / groups) in its group
+            out_channels, group_in = weight.shape[:2]
+            index = torch.arange(out_channels, device=weight.device)
+            weight[index, index % group_in, 1, 1] += 1.0
+        self.conv.weight.copy_(weight)
+        self.conv1x1 = None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Weights saved after reparameterize() have no 1×1 branch: fold this layer first so they load.
+        if self.conv1x1 is not None and prefix + "conv1x1.weight" not in state_dict \
+                and prefix + "conv.weight" in state_dict:
+            self.reparameterize()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def pad_to_scale(x: Tensor, scale: int) -> Tensor:
+    """Replicate-pad the bottom/right of ``x`` to a multiple of ``scale``.
+
+    The pad amounts are computed from the tensor's own size on every call (never branched
+    on), so a traced ONNX graph pads correctly at any input size.
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    pad_h = (scale - height % scale) % scale
+    pad_w = (scale - width % scale) % scale
+    return F.pad(x, [0, pad_w, 0, pad_h], mode="replicate")
+
+
+class _Encoder(nn.Module):
+    """Patchify stem (s×s conv, stride s: a linear map of each s×s cell) then two RepConvs."""
+
+    def __init__(self, width: int, scale: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, scale, stride=scale)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+        self.body = nn.Sequential(RepConv(width, width), RepConv(width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """B×1×H×W (H, W multiples of the scale) → B×width×H/scale×W/scale."""
+        x = self.act(self.stem(x))
+        if x.device.type == "cpu":  # oneDNN runs the narrow convs that follow fastest channels-last
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(x)
+
+
+@register_model("student_fast")
+class StudentFast(FusionModel):
+    """Fast CPU student: patchify ×``scale``, RepVGG-style body at reduced resolution, pixel-shuffle head.
+
+    Args:
+        width: channels of every feature map (the size knob; 16 by default).
+        scale: patch size (4 by default; 2 is sharper and about 4× the cost): the body runs
+            at H/scale × W/scale.
+        head: how the head's map becomes the fused image (see :data:`HEADS`).
+    """
+
+    def __init__(self, width: int = 16, scale: int = 4, head: str = "residual") -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if scale < 1 or width < 1:
+            raise ValueError(f"scale and width must be positive, got scale={scale}, width={width}")
+        self.width, self.scale, self.head_kind = width, scale, head
+        self.feature_stride = scale
+        self.encoder_ir = _Encoder(width, scale)
+        self.encoder_vis = _Encoder(width, scale)
+        # A conv of [enc_ir, enc_vis] computed as the sum of one conv per encoding: no cat.
+        self.fuse_ir = RepConv(width, width, act=False)
+        self.fuse_vis = RepConv(width, width, act=False)
+        self.fuse_act = nn.LeakyReLU(0.1, inplace=True)
+        self.fuse = RepConv(width, width)
+        # Dense link encoders → decoder, added (1×1 convs) rather than concatenated.
+        self.skip_ir = nn.Conv2d(width, width, 1)
+        self.skip_vis = nn.Conv2d(width, width, 1, bias=False)
+        self.decoder = RepConv(width, width)
+        self.head = nn.Conv2d(width, scale * scale, 3, padding=1)
+        with torch.no_grad():  # start near the output rule's base (max(ir, vis) for "residual")
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        """All four features have ``width`` channels (at 1/``scale`` resolution)."""
+        return {"enc_ir": self.width, "enc_vis": self.width, "fusion": self.width, "decoder": self.width}
+
+    def reparameterize(self) -> "StudentFast":
+        """Fold every :class:`RepConv` into one 3×3 conv (for inference/export); returns ``self``."""
+        for module in self.modules():
+            if isinstance(module, RepConv):
+                module.reparameterize()
+        return self
+
+    def fused_image(self, out: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
+        """The output rule: the head's full-resolution map ``out`` and the inputs → fused image."""
+        return fused_from_residual(out, ir, vis_y)
+
+    def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
+        """Fuse B×1×H×W ``ir`` and ``vis_y`` in [0, 1] (any H, W)."""
+        height, width = ir.shape[-2], ir.shape[-1]
+        enc_ir = self.encoder_ir(pad_to_scale(ir, self.scale))
+        enc_vis = self.encoder_vis(pad_to_scale(vis_y, self.scale))
+        fusion = self.fuse(self.fuse_act(self.fuse_ir(enc_ir) + self.fuse_vis(enc_vis)))
+        decoder = self.decoder(fusion + self.skip_ir(enc_ir) + self.skip_vis(enc_vis))
+        out = F.pixel_shuffle(self.head(decoder), self.scale)[..., :height, :width]
+        features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
+        return FusionOutput(fused=self.fused_image(out, ir, vis_y), features=features)

@@ -1,0 +1,155 @@
+"""``student_fast``: contract (shapes, odd sizes, features), re-parameterisation, ONNX, compile, distillation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfsfuse.losses.distill import FeatureDistillLoss
+from dfsfuse.models import FUSION_FEATURES, FusionOutput, create_model, model_from_config, profile
+from dfsfuse.models.student_fast import RepConv, StudentFast, pad_to_scale
+
+
+def _pair(size: tuple[int, int], batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, *size, generator=g), torch.rand(batch, 1, *size, generator=g)
+
+
+def _trained_like(model: StudentFast, seed: int = 0) -> StudentFast:
+    """Random non-trivial weights everywhere (a fresh head is near zero and would hide differences)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return model.eval()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (61, 77), (64, 64), (475, 575)])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_shapes_and_features_at_any_size(size, scale):
+    model = create_model("student_fast", scale=scale)
+    ir, vis = _pair(size)
+    out = model(ir, vis)
+    assert isinstance(out, FusionOutput)
+    assert out.fused.shape == (2, 1, *size)
+    assert out.fused.min() >= 0 and out.fused.max() <= 1
+    assert tuple(out.features) == FUSION_FEATURES
+    reduced = tuple(-(-n // scale) for n in size)
+    assert model.feature_stride == scale
+    for name, channels in model.feature_channels.items():
+        assert out.features[name].shape == (2, channels, *reduced), name
+
+
+def test_fresh_model_starts_near_max_and_padding_is_replicate():
+    model = create_model("student_fast").eval()
+    ir, vis = _pair((30, 41), batch=1)
+    with torch.no_grad():
+        fused = model(ir, vis).fused
+    assert (fused - torch.maximum(ir, vis)).abs().max() < 0.2
+    x = torch.arange(15.0).reshape(1, 1, 3, 5)
+    padded = pad_to_scale(x, 4)
+    assert padded.shape == (1, 1, 4, 8)
+    torch.testing.assert_close(padded[..., :3, :5], x)
+    torch.testing.assert_close(padded[..., 3, :5], x[..., 2, :])  # bottom row repeated
+    torch.testing.assert_close(padded[..., :3, 7], x[..., :, 4])  # right column repeated
+
+
+def test_kwargs_validation_and_rebuild():
+    with pytest.raises(ValueError, match="head"):
+        create_model("student_fast", head="nope")
+    with pytest.raises(ValueError, match="positive"):
+        create_model("student_fast", scale=0)
+    model = create_model("student_fast", width=8, scale=2)
+    assert model.arch_config() == {"architecture": "student_fast",
+                                   "kwargs": {"width": 8, "scale": 2, "head": "residual"}}
+    assert isinstance(model_from_config(model.arch_config()), StudentFast)
+
+
+def test_cheaper_than_the_plain_student():
+    fast, plain = profile(create_model("student_fast")), profile(create_model("student"))
+    assert fast.macs < plain.macs
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_repconv_folds_to_one_conv(groups):
+    torch.manual_seed(0)
+    layer = RepConv(8, 8, groups=groups).eval()
+    x = torch.randn(2, 8, 13, 9)
+    with torch.no_grad():
+        expected = layer(x)
+        layer.reparameterize()
+        assert layer.reparameterized and layer.conv1x1 is None
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    not_square = RepConv(4, 8)
+    assert not not_square.identity
+
+
+def test_reparameterize_keeps_outputs_and_features():
+    model = _trained_like(create_model("student_fast"))
+    ir, vis = _pair((45, 70))
+    with torch.no_grad():
+        before = model(ir, vis)
+        assert model.reparameterize() is model
+        after = model(ir, vis)
+    assert not any(isinstance(m, RepConv) and not m.reparameterized for m in model.modules())
+    assert (before.fused - torch.maximum(ir, vis)).abs().mean() > 0.05  # the head does change the image
+    torch.testing.assert_close(after.fused, before.fused, rtol=0, atol=1e-4)
+    for name in FUSION_FEATURES:
+        torch.testing.assert_close(after.features[name], before.features[name], rtol=1e-4, atol=1e-4)
+
+
+def test_reparameterized_weights_load_into_a_fresh_model():
+    folded = _trained_like(create_model("student_fast")).reparameterize()
+    state = folded.state_dict()
+    assert not any("conv1x1" in key for key in state)
+    fresh = create_model("student_fast")
+    fresh.load_state_dict(state)  # strict: folds itself first
+    ir, vis = _pair((32, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(ir, vis).fused, folded(ir, vis).fused, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_onnx_matches_pytorch_at_other_sizes(tmp_path, fold):
+    pytest.importorskip("onnxruntime")
+    from dfsfuse.onnx import OnnxModel, export_onnx
+
+    model = _trained_like(create_model("student_fast"))
+    if fold:
+        model.reparameterize()
+    path = export_onnx(model, tmp_path / "model.onnx", size=(64, 64))
+    runner = OnnxModel(path, providers=["CPUExecutionProvider"])
+    for size, batch in (((61, 77), 2), ((33, 50), 1), ((64, 64), 1), ((130, 97), 1)):
+        ir, vis = _pair(size, batch=batch)
+        with torch.no_grad():
+            expected = model(ir, vis).fused.numpy()
+        got = runner(ir.numpy(), vis.numpy())
+        assert got.shape == (batch, 1, *size)
+        assert float(np.abs(got - expected).max()) < 1e-4, size
+
+
+def test_torch_compile_matches_eager():
+    model = _trained_like(create_model("student_fast")).reparameterize()
+    compiled = torch.compile(model)
+    ir, vis = _pair((61, 77), batch=1)
+    with torch.no_grad():
+        expected, actual = model(ir, vis), compiled(ir, vis)
+    torch.testing.assert_close(actual.fused, expected.fused, rtol=0, atol=1e-5)
+    for name in FUSION_FEATURES:
+        torch.testing.assert_close(actual.features[name], expected.features[name], rtol=1e-4, atol=1e-4)
+
+
+def test_reduced_features_distil_against_full_size_teacher_features():
+    """The loss resizes the 1/4-resolution features to the teacher's size; gradients reach the student."""
+    student = create_model("student_fast", width=8)
+    ir, vis = _pair((40, 52))
+    out = student(ir, vis)
+    teacher_feats = {n: torch.randn(2, 6, 40, 52) for n in FUSION_FEATURES}
+    loss = FeatureDistillLoss(student.feature_channels, {n: 6 for n in FUSION_FEATURES})
+    value = loss(out.features, teacher_feats, weight=torch.ones(2, 1, 40, 52))
+    value.backward()
+    assert torch.isfinite(value)
+    grads = [p.grad for p in student.encoder_ir.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
