@@ -22,6 +22,7 @@ from torch import nn
 
 from .data.color import colorize
 from .data.errors import DatasetError
+from .data.irrange import IrRange, parse_ir_range
 from .data.io import (
     IMAGE_EXTENSIONS,
     ImagePair,
@@ -55,15 +56,19 @@ class FuseFailure:
 @dataclass(frozen=True)
 class FuseOptions:
     """How to fuse: ``gray`` writes luminance only; ``batch_size`` equal-size pairs per forward;
-    ``overwrite`` replaces existing outputs (otherwise they are skipped)."""
+    ``overwrite`` replaces existing outputs (otherwise they are skipped); ``ir_range`` maps
+    16-bit/float IR to [0, 1] (text or :class:`IrRange`, see :mod:`dfsfuse.data.irrange`;
+    8-bit IR is read as value / 255 unless an explicit range is given)."""
 
     gray: bool = False
     batch_size: int = 1
     overwrite: bool = False
+    ir_range: Union[str, IrRange, None] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        object.__setattr__(self, "ir_range", parse_ir_range(self.ir_range))
 
 
 @dataclass
@@ -215,12 +220,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _fuse_batch(model: nn.Module, jobs: List[FuseJob], gray: bool, run: _Run) -> None:
+def _fuse_batch(model: nn.Module, jobs: List[FuseJob], gray: bool, run: _Run,
+                ir_range: Optional[IrRange] = None) -> None:
     """Read, fuse and write one batch; per-pair failures are recorded and the rest go on."""
     read: List[Tuple[FuseJob, ImagePair]] = []
     for job in jobs:
         try:
-            read.append((job, read_pair(job.ir, job.vis)))
+            read.append((job, read_pair(job.ir, job.vis, ir_range)))
         except DatasetError as exc:
             run.fail(FuseFailure(job.name, str(exc)))
     if not read:
@@ -232,7 +238,7 @@ def _fuse_batch(model: nn.Module, jobs: List[FuseJob], gray: bool, run: _Run) ->
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             for job, _ in read:
-                _fuse_batch(model, [job], gray, run)
+                _fuse_batch(model, [job], gray, run, ir_range)
             return
         job = read[0][0]
         run.fail(FuseFailure(job.name, f"{job.ir}: fusion failed ({_one_line(exc)})"))
@@ -287,7 +293,7 @@ def fuse_folder(model: nn.Module, ir_dir: PathLike, vis_dir: PathLike, out_dir: 
                 continue
             todo.append(job)
         for batch in _batches(todo, sizes, options.batch_size):
-            _fuse_batch(model, batch, options.gray, run)
+            _fuse_batch(model, batch, options.gray, run, options.ir_range)
     summary.failed.sort(key=lambda f: f.name)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -4,6 +4,11 @@ Fused files are matched to IR and VIS files by stem (``00004N.png`` ↔ ``ir/000
 match); all three are read as the published evaluator reads them (BT.601 luma, rounded) and
 scored with :func:`dfsfuse.metrics.fusion_metrics_batch`. Results go to a rich table and,
 optionally, to JSON and CSV files written atomically.
+
+The metrics keep the published 8-bit convention. A 16-bit or float IR image is refused with
+a one-line error unless ``--ir-range SPEC`` is given: it is then mapped to [0, 1] as
+``dfsfuse fuse --ir-range SPEC`` maps it, and rounded to 8 bits before scoring. 8-bit IR
+images are always read by the published convention.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional
 
 from ..atomic import write_text_atomic
 from ..data.errors import DatasetError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ..data.irrange import IrRange
 
 LARGE_SET = 10  # show a progress bar from this many images on
 
@@ -58,12 +65,27 @@ def find_triples(fused_dir: Path, ir_dir: Path, vis_dir: Path) -> list[Triple]:
     return [Triple(stem, path, irs[stem], viss[stem]) for stem, path in sorted(fused.items())]
 
 
-def read_triple(triple: Triple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_ir_8bit(path: Path, ir_range: Optional[IrRange] = None) -> np.ndarray:
+    """The IR image as the metrics see it: 8-bit files by the published convention; a 16-bit or
+    float file mapped by ``ir_range`` and rounded to 8 bits, or :class:`DatasetError` without one."""
+    import numpy as np
+
+    from ..data.io import is_high_depth, read_gray, read_ir, to_uint8
+
+    if not is_high_depth(path):
+        return read_gray(path)
+    if ir_range is None:
+        raise DatasetError(f"{path}: IR image deeper than 8 bits; the metrics use the published 8-bit convention: "
+                           "pass --ir-range SPEC (the one used with `dfsfuse fuse`, e.g. auto) to convert it")
+    return to_uint8(read_ir(path, ir_range)).astype(np.float32)
+
+
+def read_triple(triple: Triple, ir_range: Optional[IrRange] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read F, A, B as float32 grey arrays; :class:`DatasetError` naming the file if sizes differ."""
     from ..data.io import read_gray
 
     f = read_gray(triple.fused)
-    a = read_gray(triple.ir)
+    a = read_ir_8bit(triple.ir, ir_range)
     b = read_gray(triple.vis)
     if a.shape != b.shape:
         raise DatasetError(f"{triple.vis}: size {_wh(b.shape)} does not match IR {triple.ir} ({_wh(a.shape)})")
@@ -76,14 +98,15 @@ def _wh(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-def _batches(triples: list[Triple], batch_size: int) -> Iterator[tuple[list[str], tuple[np.ndarray, ...]]]:
+def _batches(triples: list[Triple], batch_size: int,
+             ir_range: Optional[IrRange] = None) -> Iterator[tuple[list[str], tuple[np.ndarray, ...]]]:
     """Read triples and group consecutive same-size images into B×1×H×W stacks of at most ``batch_size``."""
     import numpy as np
 
     names: list[str] = []
     stack: list[tuple[np.ndarray, ...]] = []
     for triple in triples:
-        arrays = read_triple(triple)
+        arrays = read_triple(triple, ir_range)
         if stack and (arrays[0].shape != stack[0][0].shape or len(stack) == batch_size):
             yield names, tuple(np.stack(x)[:, None] for x in zip(*stack))
             names, stack = [], []
@@ -94,9 +117,11 @@ def _batches(triples: list[Triple], batch_size: int) -> Iterator[tuple[list[str]
 
 
 def evaluate_folders(
-    triples: list[Triple], device: str = "cpu", batch_size: int = 4, progress: bool = False
+    triples: list[Triple], device: str = "cpu", batch_size: int = 4, progress: bool = False,
+    ir_range: Optional[IrRange] = None,
 ) -> dict[str, dict[str, float]]:
-    """Per-image metrics ``{name: {metric: value}}`` for every triple, in order."""
+    """Per-image metrics ``{name: {metric: value}}`` for every triple, in order (``ir_range``: see
+    :func:`read_ir_8bit`)."""
     from rich.progress import Progress
 
     from ..metrics import fusion_metrics_batch
@@ -104,7 +129,7 @@ def evaluate_folders(
     results: dict[str, dict[str, float]] = {}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(triples))
-        for names, (f, a, b) in _batches(triples, batch_size):
+        for names, (f, a, b) in _batches(triples, batch_size, ir_range):
             values = fusion_metrics_batch(f, a, b, device=device)
             for i, name in enumerate(names):
                 results[name] = {k: float(v[i]) for k, v in values.items()}
@@ -183,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = str(resolve_device(args.device))
     triples = find_triples(args.fused, args.ir, args.vi)
-    per_image = evaluate_folders(triples, device=device, batch_size=args.batch_size, progress=len(triples) >= LARGE_SET)
+    per_image = evaluate_folders(triples, device=device, batch_size=args.batch_size,
+                                 progress=len(triples) >= LARGE_SET, ir_range=args.ir_range)
     acc = MetricAccumulator()
     for values in per_image.values():
         acc.update(values)
@@ -198,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
+    from ..data.irrange import IR_RANGE_HELP, ir_range_arg
     parser = subparsers.add_parser(
         "eval",
         help="standard fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, CC, MSE, PSNR)",
@@ -217,4 +244,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)"
     )
+    parser.add_argument("--ir-range", type=ir_range_arg, default=None, metavar="SPEC",
+                        help=f"convert 16-bit/float IR to 8 bits before scoring ({IR_RANGE_HELP}; use the SPEC given "
+                             "to `dfsfuse fuse`); without it such IR is refused. 8-bit IR is always read as published")
     parser.set_defaults(func=run)

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, folder in (("--ir", args.ir), ("--vi", args.vi)):  # fail fast, before loading a model
         if not folder.is_dir():
             raise DatasetError(f"{folder}: {flag} folder not found")
-    options = FuseOptions(gray=args.gray, batch_size=args.batch_size, overwrite=args.overwrite)
+    options = FuseOptions(gray=args.gray, batch_size=args.batch_size, overwrite=args.overwrite, ir_range=args.ir_range)
     device = resolve_device(args.device)
     model = load_fusion_model(args.model, device)
     err = Console(stderr=True, highlight=False)
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``fuse`` subcommand."""
+    from ..data.irrange import IR_RANGE_HELP, ir_range_arg
     parser = subparsers.add_parser(
         "fuse",
         help="fuse folders of IR/VIS pairs with a trained student",
@@ -52,4 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=4, help="equal-size pairs fused together (default 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    parser.add_argument("--ir-range", type=ir_range_arg, default="auto", metavar="SPEC",
+                        help=f"how 16-bit/float IR maps to [0, 1]: {IR_RANGE_HELP} (default auto: 8-bit IR as "
+                             "value/255, deeper IR clipped to its 1st-99th percentiles and stretched; an explicit "
+                             "SPEC applies to 8-bit IR too)")
     parser.set_defaults(func=run)

@@ -4,6 +4,11 @@ The convention (``metrics-conventions.md``): every file is read as 8-bit colour 
 replicated to three channels), converted to float32, turned into BT.601 luma
 ``0.299 R + 0.587 G + 0.114 B`` computed in float32 and rounded half-to-even. Values stay in
 [0, 255].
+
+Infrared images as thermal cameras write them (16-bit integer PNG/TIFF, 32-bit integer or
+float TIFF) are read by :func:`read_ir` (and :func:`read_pair`), mapped to [0, 1] by an
+:class:`~dfsfuse.data.irrange.IrRange` and scaled to [0, 255] like the others. The metrics
+reader :func:`read_gray` keeps the 8-bit convention and refuses them.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from ..atomic import atomic_path
 from .color import RGB_TO_YCBCR_ROWS
 from .errors import DatasetError
+from .irrange import IrRange, parse_ir_range
 
 PathLike = Union[str, os.PathLike]
 
@@ -27,22 +33,85 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # BT.601 full-range (JPEG) YCbCr; the luma row is the one the metrics use.
 _LUMA = (np.float32(0.299), np.float32(0.587), np.float32(0.114))
 
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+"""Pillow modes of one-channel images deeper than 8 bits (16/32-bit integer, 32-bit float)."""
+
+
+def _describe_mode(mode: str) -> str:
+    return {"I": "32-bit integer", "F": "floating-point"}.get(mode, "16-bit")
+
 
 def read_rgb(path: PathLike) -> np.ndarray:
-    """Read an image file as 8-bit RGB, H×W×3 uint8 (grey files replicated to three channels)."""
+    """Read an image file as 8-bit RGB, H×W×3 uint8 (grey files replicated to three channels).
+
+    A 16-bit or float image raises :class:`DatasetError`: this is the 8-bit reader (for IR
+    images deeper than 8 bits, use :func:`read_ir`).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
         with Image.open(path) as img:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise DatasetError(f"{path}: {img.mode} images are not supported; use 8-bit images")
+            if img.mode in HIGH_DEPTH_MODES:
+                raise DatasetError(f"{path}: {_describe_mode(img.mode)} image (mode {img.mode}) where an 8-bit "
+                                   "image is expected (only infrared images may have more than 8 bits)")
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except DatasetError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable or corrupt image ({exc})") from None
     return rgb
+
+
+def is_high_depth(path: PathLike) -> bool:
+    """Whether the image file is one-channel 16-bit, 32-bit integer or float (header only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            return img.mode in HIGH_DEPTH_MODES
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: unreadable or corrupt image ({exc})") from None
+
+
+def _read_high_depth(path: Path) -> Optional[np.ndarray]:
+    """The raw values of a high-depth one-channel image as float64 H×W, or None for an 8-bit image."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in HIGH_DEPTH_MODES:
+                return None
+            raw = np.asarray(img).astype(np.float64)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: unreadable or corrupt image ({exc})") from None
+    if raw.ndim != 2:
+        raise DatasetError(f"{path}: expected a one-channel image, got shape {raw.shape}")
+    bad = int((~np.isfinite(raw)).sum())
+    if bad:
+        raise DatasetError(f"{path}: {bad} pixel(s) are NaN or infinite")
+    return raw
+
+
+def read_ir(path: PathLike, ir_range: Union[str, IrRange, None] = None) -> np.ndarray:
+    """Read an infrared image as float32 H×W in [0, 255], whatever its bit depth.
+
+    8-bit files (any mode) with ``ir_range`` ``None``/``"auto"`` are read exactly as
+    :func:`read_gray` reads them. 16-bit, 32-bit integer and float files are mapped to [0, 1]
+    by ``ir_range`` (``auto``: 1st–99th percentile stretch; see :mod:`dfsfuse.data.irrange`)
+    and multiplied by 255 (not rounded). An explicit ``ir_range`` also applies to 8-bit files
+    (to their luma). NaN/Inf pixels raise :class:`DatasetError`.
+    """
+    path = Path(path)
+    spec = parse_ir_range(ir_range)
+    raw = _read_high_depth(path)
+    if raw is None:
+        luma = read_gray(path)
+        if spec.method == "auto":
+            return luma
+        raw = luma.astype(np.float64)
+    return spec.normalize(raw) * np.float32(255.0)
 
 
 def rgb_to_luma(rgb: np.ndarray) -> np.ndarray:
@@ -81,9 +150,13 @@ def rgb_to_cbcr(rgb: np.ndarray) -> np.ndarray:
     return cbcr.astype(np.float32)
 
 
-def read_pair(ir_path: PathLike, vis_path: PathLike) -> ImagePair:
-    """Read an IR/VIS pair; raises :class:`DatasetError` naming the file if sizes differ."""
-    ir = read_gray(ir_path)
+def read_pair(ir_path: PathLike, vis_path: PathLike, ir_range: Union[str, IrRange, None] = None) -> ImagePair:
+    """Read an IR/VIS pair; raises :class:`DatasetError` naming the file if sizes differ.
+
+    The IR image is read by :func:`read_ir` with ``ir_range`` (16-bit and float IR accepted);
+    the visible image must be 8-bit.
+    """
+    ir = read_ir(ir_path, ir_range)
     vis_rgb = read_rgb(vis_path)
     if ir.shape != vis_rgb.shape[:2]:
         raise DatasetError(

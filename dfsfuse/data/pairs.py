@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from .errors import DatasetError
 from .io import IMAGE_EXTENSIONS, PathLike, read_label, read_pair
+from .irrange import IrRange, parse_ir_range
 
 IR_DIRS = ("ir", "Infrared", "infrared")
 VIS_DIRS = ("vi", "vis", "Visible", "visible")
@@ -99,7 +100,9 @@ class PairedImages(Dataset):
     and ``vis_y`` (1×H×W), ``vis_cbcr`` (2×H×W), ``name`` and, when a label folder exists and
     ``labels=True``, ``label`` (H×W int64; 255 = ignore). With ``labels=False`` label files
     are never opened. ``transform`` maps a sample dict to a sample dict (see
-    :mod:`dfsfuse.data.transforms`).
+    :mod:`dfsfuse.data.transforms`). ``ir_range`` says how 16-bit and float IR images are
+    mapped to [0, 1] (``"auto"``, ``"minmax"``, ``"percentile:1,99"``, ``"fixed:LO,HI"``; see
+    :mod:`dfsfuse.data.irrange`); with the default, 8-bit IR is read exactly as value / 255.
     """
 
     def __init__(
@@ -110,9 +113,11 @@ class PairedImages(Dataset):
         labels: bool = True,
         num_classes: int = 9,
         ignore_index: int = 255,
+        ir_range: Union[str, IrRange, None] = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
+        self.ir_range = parse_ir_range(ir_range)  # a bad spec fails here, not in a worker
         ir_dir, vis_dir, label_dir = find_pair_folders(root, split)
         self.pairs = match_pairs(ir_dir, vis_dir, label_dir if labels else None)
         self.transform = transform
@@ -129,7 +134,7 @@ class PairedImages(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         files = self.pairs[index]
-        pair = read_pair(files.ir, files.vis)
+        pair = read_pair(files.ir, files.vis, self.ir_range)
         sample: Sample = {
             "ir": torch.from_numpy(pair.ir / 255.0).unsqueeze(0),
             "vis_y": torch.from_numpy(pair.vis_y / 255.0).unsqueeze(0),
