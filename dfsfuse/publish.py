@@ -267,9 +267,13 @@ def _summary(source: StudentSource, latency_runs: int, device: torch.device) -> 
     prof = profile(source.model, size=size)
     summary: Dict[str, Any] = {"params": prof.params, "gmac": prof.gmacs, "height": size[0], "width": size[1]}
     if latency_runs > 0:
-        from .train.evaluate import latency_ms
+        from .bench import measure_module
 
-        summary["latency_ms"] = latency_ms(source.model.to(device), size, device, runs=latency_runs)
+        record = measure_module(source.model.to(device), size, "eager", runs=latency_runs, warmup=1,
+                                max_seconds=float("inf"), device=device, count=False)
+        if not record.ok:
+            raise ValueError(f"latency could not be measured: {record.reason}")
+        summary["latency_ms"] = record.latency_ms_p50
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         summary["device"] = f"{device}{threads}, eager fp32, batch 1, median of {latency_runs}"
     elif "latency_ms" in recorded:

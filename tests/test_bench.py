@@ -22,6 +22,7 @@ from dfsfuse.bench import (
     Job,
     measure,
     measure_isolated,
+    measure_module,
     parse_model_spec,
     parse_size,
     run_benchmark,
@@ -160,3 +161,56 @@ def test_quality_on_one_pair_per_dataset(tmp_path, exported, shared_data):
             assert list(values) == list(METRIC_NAMES)
     assert doc["models"]["student"]["architecture"] == "student"
     assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_measure_module_in_process_leaves_the_model_alone():
+    """The one in-process timer: a record for an in-memory module; the module itself is not folded or moved."""
+    from dfsfuse.models.student_fast import RepConv
+
+    torch.manual_seed(0)
+    model = create_model("student_fast", width=4).train()
+    record = measure_module(model, (32, 48), "eager", runs=3, threads=1, warmup=1)
+    assert record.ok, record.reason
+    assert (record.model, record.arch, record.kind, record.mode) == ("student_fast", "student_fast", "fusion", "eager")
+    assert record.runs == 3 and 0 < record.latency_ms_p50 <= record.latency_ms_p95
+    assert record.params == sum(p.numel() for p in create_model("student_fast", width=4).parameters())
+    assert record.macs and record.macs > 0
+    assert model.training and all(not m.reparameterized for m in model.modules() if isinstance(m, RepConv))
+    fp16 = measure_module(model, (32, 48), "fp16", runs=1, count=False)
+    assert fp16.status == UNSUPPORTED and fp16.params is None
+
+
+def test_bench_records_import_without_torch():
+    """Constants, presets and records are importable in a fresh interpreter without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dfsfuse.bench.records import MODES, DEFAULT_MODELS, QUICK, FULL, BenchRecord; "
+            "import dfsfuse.bench.report; print('torch' in sys.modules, 'student_fast' in QUICK.models)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.slow
+def test_speed_script_default_is_quick_teacher_vs_students(tmp_path):
+    """benchmarks/speed.py with no model/mode options: teacher eager only, students in their candidate modes, batch 1."""
+    from dfsfuse.bench import quick_modes
+
+    speed = load_script(REPO / "benchmarks" / "speed.py", "bench_speed")
+    out = tmp_path / "speed.json"
+    assert speed.main(["--sizes", "32x48", "--threads", "1", "--runs", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    students = ("student", "student_fast")
+    modes = list(quick_modes("cpu"))
+    assert "eager" in modes and "onnxruntime" in modes
+    _check_document(doc, 1 + len(students) * len(modes))
+    assert doc["settings"]["batches"] == [1] and doc["settings"]["reference_modes"] == ["eager"]
+    assert [(r["model"], r["mode"]) for r in doc["records"]] == [("teacher", "eager")] + [
+        (m, mode) for m in students for mode in modes]
+    assert all(r["status"] == OK for r in doc["records"]), [r["reason"] for r in doc["records"]]
+    best = {s["model"]: s for s in doc["speedups"] if s["best"]}
+    assert set(best) == set(students)
+    assert all(s["reference_mode"] == "eager" and s["mode"] in modes for s in best.values())
+    assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+

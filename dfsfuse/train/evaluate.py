@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -96,30 +96,18 @@ def comparison_image(strips: Dict[str, np.ndarray]) -> np.ndarray:
     return to_uint8(np.concatenate(rows, axis=0))
 
 
-@torch.inference_mode()
-def latency_ms(model: nn.Module, size: Tuple[int, int], device: torch.device, runs: int = 3) -> float:
-    """Median eager fp32 latency of one batch-1 forward at ``size`` (after one warm-up run)."""
-    model.eval()
-    ir = torch.rand(1, 1, *size, device=device)
-    vis = torch.rand(1, 1, *size, device=device)
-    times: List[float] = []
-    for i in range(runs + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(ir, vis)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
-
-
 def model_summary(model: nn.Module, size: Tuple[int, int], device: Optional[torch.device] = None,
                   runs: int = 3) -> Dict[str, float]:
-    """Parameters, GMAC (meta device) and, when ``device`` is given and ``runs`` > 0, median latency at ``size``."""
+    """Parameters, GMAC (meta device) and, when ``device`` is given and ``runs`` > 0, the median eager fp32
+    latency of ``runs`` batch-1 forwards at ``size`` after one warm-up (:func:`dfsfuse.bench.measure_module`,
+    torch's current thread count)."""
     prof = profile(model, size=size)
     out = {"params": prof.params, "gmac": prof.macs / 1e9, "height": size[0], "width": size[1]}
     if device is not None and runs > 0:
-        out["latency_ms"] = latency_ms(model, size, device, runs)
+        from ..bench import measure_module
+
+        record = measure_module(model, size, "eager", runs=runs, warmup=1, max_seconds=float("inf"), device=device,
+                                count=False)
+        if record.ok:
+            out["latency_ms"] = record.latency_ms_p50
     return out
