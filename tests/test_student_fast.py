@@ -41,12 +41,21 @@ def test_shapes_and_features_at_any_size(size, scale):
         assert out.features[name].shape == (2, channels, *reduced), name
 
 
-def test_fresh_model_starts_near_max_and_padding_is_replicate():
-    model = create_model("student_fast").eval()
+@pytest.mark.parametrize("head", ["blend", "residual"])
+def test_fresh_model_starts_near_max_and_padding_is_replicate(head):
+    model = create_model("student_fast", head=head).eval()
     ir, vis = _pair((30, 41), batch=1)
     with torch.no_grad():
         fused = model(ir, vis).fused
-    assert (fused - torch.maximum(ir, vis)).abs().max() < 0.2
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        base = model(ir, vis).fused
+    assert (fused - torch.maximum(ir, vis)).abs().mean() < 0.1  # a small head: near the base
+    if head == "residual":  # a zero head is exactly the max rule
+        torch.testing.assert_close(base, torch.maximum(ir, vis))
+    else:  # a zero head is the soft maximum w·ir + (1 − w)·vis with w = sigmoid(20·(ir − vis))
+        w = torch.sigmoid(20 * (ir - vis))
+        torch.testing.assert_close(base, (w * ir + (1 - w) * vis).clamp(0, 1))
     x = torch.arange(15.0).reshape(1, 1, 3, 5)
     padded = pad_to_scale(x, 4)
     assert padded.shape == (1, 1, 4, 8)
@@ -62,7 +71,7 @@ def test_kwargs_validation_and_rebuild():
         create_model("student_fast", scale=0)
     model = create_model("student_fast", width=8, scale=2)
     assert model.arch_config() == {"architecture": "student_fast",
-                                   "kwargs": {"width": 8, "scale": 2, "head": "residual"}}
+                                   "kwargs": {"width": 8, "scale": 2, "head": "blend"}}
     assert isinstance(model_from_config(model.arch_config()), StudentFast)
 
 
@@ -85,8 +94,9 @@ def test_repconv_folds_to_one_conv(groups):
     assert not not_square.identity
 
 
-def test_reparameterize_keeps_outputs_and_features():
-    model = _trained_like(create_model("student_fast"))
+@pytest.mark.parametrize("head", ["blend", "residual"])
+def test_reparameterize_keeps_outputs_and_features(head):
+    model = _trained_like(create_model("student_fast", head=head))
     ir, vis = _pair((45, 70))
     with torch.no_grad():
         before = model(ir, vis)
@@ -110,12 +120,12 @@ def test_reparameterized_weights_load_into_a_fresh_model():
         torch.testing.assert_close(fresh.eval()(ir, vis).fused, folded(ir, vis).fused, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("fold", [False, True])
-def test_onnx_matches_pytorch_at_other_sizes(tmp_path, fold):
+@pytest.mark.parametrize("fold,head", [(False, "blend"), (True, "blend"), (True, "residual")])
+def test_onnx_matches_pytorch_at_other_sizes(tmp_path, fold, head):
     pytest.importorskip("onnxruntime")
     from dfsfuse.onnx import OnnxModel, export_onnx
 
-    model = _trained_like(create_model("student_fast"))
+    model = _trained_like(create_model("student_fast", head=head))
     if fold:
         model.reparameterize()
     path = export_onnx(model, tmp_path / "model.onnx", size=(64, 64))

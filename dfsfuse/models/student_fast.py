@@ -2,20 +2,24 @@
 
 The plain ``student`` keeps twelve full-resolution maps; on a CPU it is memory-bound (the
 element-wise ops and ``cat`` between its cheap convs take half its time). ``student_fast``
-moves almost all work to 1/``scale`` of the resolution, where its maps fit in cache and dense
-3×3 convs keep the cores busy:
+moves almost all work to 1/``scale`` of the resolution (1/16 of the pixels by default), where
+its maps fit in cache and dense 3×3 convs keep the cores busy:
 
-- both inputs are padded to a multiple of ``scale`` (replicate padding, sizes computed from
-  the tensor so an ONNX export stays dynamic) and pixel-unshuffled (B×1×H×W →
-  B×scale²×H/scale×W/scale: no information is lost);
-- per modality: two :class:`RepConv` layers → features ``enc_ir`` / ``enc_vis`` (``width``);
-- fusion: :class:`RepConv` of both encodings (2·width → width) and one more → ``fusion``;
-- decoder: 1×1 conv of [fusion, enc_ir, enc_vis] (dense link) → :class:`RepConv` → ``decoder``;
-- head: 3×3 conv to scale² channels, pixel-shuffled back to one full-resolution map and
-  cropped to H×W; what it means (a residual over ``max(ir, vis_y)`` by default) is decided
-  in one place, :meth:`StudentFast.fused_image`.
+- per modality: the input, padded to a multiple of ``scale`` (replicate padding, amounts
+  computed from the tensor so an ONNX export stays dynamic), goes through a patchify stem
+  (``scale``×``scale`` conv with stride ``scale``: a linear map of each cell, i.e. a 1×1 conv
+  of the pixel-unshuffled input) and two :class:`RepConv` layers → ``enc_ir`` / ``enc_vis``;
+- fusion: a 3×3 conv of [enc_ir, enc_vis], computed as the sum of one :class:`RepConv` per
+  encoding (no ``cat``), then one more :class:`RepConv` → ``fusion``;
+- decoder: ``fusion`` plus 1×1 convs of both encodings (a dense link, added rather than
+  concatenated) → :class:`RepConv` → ``decoder``;
+- head: 3×3 conv to scale² channels per output map, pixel-shuffled back to full resolution
+  and cropped to H×W; what the maps mean (``head="blend"``: a learned soft selection of the
+  inputs plus a residual; ``"residual"``: a residual over ``max(ir, vis_y)``) is decided in
+  one place, :meth:`StudentFast.fused_image`.
 
-Full-resolution work is only the pad, the unshuffle, the shuffle and the output rule.
+Full-resolution work is only the pad, the stem's read, the shuffle and the output rule; the
+body's maps are channels-last on CPU (oneDNN's fast layout for narrow convs).
 The four features are at H/scale × W/scale (rounded up); the distillation loss resizes them
 to the teacher's size (:class:`dfsfuse.losses.distill.FeatureDistillLoss`).
 
@@ -37,8 +41,16 @@ from .blocks import fused_from_residual
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
-HEADS: tuple[str, ...] = ("residual",)
-"""Output rules :class:`StudentFast` knows: ``residual`` = clamp(max(ir, vis_y) + head)."""
+HEADS: tuple[str, ...] = ("blend", "residual")
+"""Output rules (``head=``), the same as the other fusion networks' heads:
+
+- ``"residual"``: ``clip(max(ir, vis_y) + r)``, training starts at the max rule;
+- ``"blend"`` (default): ``clip(w·ir + (1 − w)·vis_y + r)`` with ``w = sigmoid(z + 20·(ir − vis_y))``:
+  starts as a soft maximum, but the network owns the base (``z``) and a free residual ``r``.
+"""
+
+BLEND_SHARPNESS = 20.0
+"""``s`` in the blend weight ``sigmoid(z + s·(ir − vis_y))``."""
 
 
 class RepConv(nn.Module):
@@ -127,10 +139,11 @@ class StudentFast(FusionModel):
         width: channels of every feature map (the size knob; 16 by default).
         scale: patch size (4 by default; 2 is sharper and about 4× the cost): the body runs
             at H/scale × W/scale.
-        head: how the head's map becomes the fused image (see :data:`HEADS`).
+        head: how the head's maps become the fused image, ``"blend"`` or ``"residual"``
+            (see :data:`HEADS`).
     """
 
-    def __init__(self, width: int = 16, scale: int = 4, head: str = "residual") -> None:
+    def __init__(self, width: int = 16, scale: int = 4, head: str = "blend") -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -149,8 +162,9 @@ class StudentFast(FusionModel):
         self.skip_ir = nn.Conv2d(width, width, 1)
         self.skip_vis = nn.Conv2d(width, width, 1, bias=False)
         self.decoder = RepConv(width, width)
-        self.head = nn.Conv2d(width, scale * scale, 3, padding=1)
-        with torch.no_grad():  # start near the output rule's base (max(ir, vis) for "residual")
+        # One map per output channel of the rule (blend: z and r; residual: r), s² cells each.
+        self.head = nn.Conv2d(width, (2 if head == "blend" else 1) * scale * scale, 3, padding=1)
+        with torch.no_grad():  # small: training starts near the rule's base (max / soft max of the inputs)
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
 
@@ -166,9 +180,13 @@ class StudentFast(FusionModel):
                 module.reparameterize()
         return self
 
-    def fused_image(self, out: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
-        """The output rule: the head's full-resolution map ``out`` and the inputs → fused image."""
-        return fused_from_residual(out, ir, vis_y)
+    def fused_image(self, raw: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
+        """The output rule (:data:`HEADS`): the head's full-resolution maps ``raw`` and the inputs → fused image."""
+        if self.head_kind == "residual":
+            return fused_from_residual(raw, ir, vis_y)
+        z, residual = raw[:, :1], raw[:, 1:]
+        w = torch.sigmoid(z + BLEND_SHARPNESS * (ir - vis_y))
+        return (vis_y + w * (ir - vis_y) + residual).clamp(0.0, 1.0)
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
         """Fuse B×1×H×W ``ir`` and ``vis_y`` in [0, 1] (any H, W)."""
@@ -177,6 +195,6 @@ class StudentFast(FusionModel):
         enc_vis = self.encoder_vis(pad_to_scale(vis_y, self.scale))
         fusion = self.fuse(self.fuse_act(self.fuse_ir(enc_ir) + self.fuse_vis(enc_vis)))
         decoder = self.decoder(fusion + self.skip_ir(enc_ir) + self.skip_vis(enc_vis))
-        out = F.pixel_shuffle(self.head(decoder), self.scale)[..., :height, :width]
+        raw = F.pixel_shuffle(self.head(decoder), self.scale)[..., :height, :width]
         features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
-        return FusionOutput(fused=self.fused_image(out, ir, vis_y), features=features)
+        return FusionOutput(fused=self.fused_image(raw, ir, vis_y), features=features)
