@@ -27,3 +27,13 @@ def test_forward_and_backward_under_bf16_autocast(name):
     assert out.fused.shape == (2, 1, 33, 50) and torch.isfinite(out.fused.float()).all()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", list_models("fusion"))
+def test_meta_device_forward_still_works(name):
+    """FLOP counting runs the models on the meta device, where autocast does not exist."""
+    from dfsfuse.models import profile
+
+    with torch.device("meta"):
+        model = create_model(name, **SMALL_KWARGS.get(name, {}))
+    assert profile(model, size=(64, 64)).macs > 0

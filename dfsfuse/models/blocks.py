@@ -3,6 +3,8 @@ blocks, the wavelet frequency block and the fused-image output head."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -163,6 +165,14 @@ class TransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def _autocast_off(x: Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``x``'s device if it is on there (else does nothing)."""
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.autocast(device_type=kind, enabled=False)
+    return contextlib.nullcontext()
+
+
 class WaveletBlock(nn.Module):
     """Frequency branch: one-level DWT, separate layers for LL and for (LH, HL, HH), IDWT.
 
@@ -191,13 +201,13 @@ class WaveletBlock(nn.Module):
         # runs outside autocast: under bf16/fp16 autocast the gradient's dtype would not match
         # ("expected scalar type BFloat16 but found Float"). The transforms therefore run in
         # float32 with autocast off (a no-op in plain fp32); the sub-band layers still autocast.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x):
             low, (high,) = self.dwt(pad_to_multiple(x, 2).float())
         high = rearrange(high, "b c band h w -> b (c band) h w")
         low = low + self.low(low)
         high = high + self.high(high)
         high = rearrange(high, "b (c band) h w -> b c band h w", band=3)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x):
             out = self.idwt((low.float(), [high.float()]))
         return crop_to(out, height, width)
 
