@@ -1,4 +1,4 @@
-"""ONNX export of every registered fusion model: dynamic batch/height/width, onnxruntime matches PyTorch."""
+"""ONNX export of every registered model: dynamic batch/height/width, onnxruntime matches PyTorch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from dfsfuse.models import create_model, list_models  # noqa: E402
+from dfsfuse.models import create_model, list_models, model_kind  # noqa: E402
 from dfsfuse.onnx import OnnxModel, export_onnx, max_onnx_error  # noqa: E402
 
 # Small settings so that every export stays quick; models not listed use their defaults.
@@ -79,21 +79,26 @@ def test_onnx_runner_errors(graph, tmp_path):
         OnnxModel(tmp_path / "junk.onnx")
 
 
-@pytest.mark.parametrize("name", list_models("fusion"))
-def test_every_fusion_model_exports_once_and_runs_at_any_size(name, tmp_path):
-    """Traced once at 64×64, the graph matches eager PyTorch at other sizes (odd ones included) and batches."""
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_exports_once_and_runs_at_any_size(name, tmp_path):
+    """Traced once at 64×64, the graph matches eager PyTorch at other sizes (odd ones included) and batches.
+
+    Every fusion model, and the segmenter (padded to its stride 32 the same way).
+    """
     torch.manual_seed(0)
     model = create_model(name, **SMALL_KWARGS.get(name, {})).eval()
     _perturb_head(model)
+    fusion = model_kind(name) == "fusion"
     path = export_onnx(model, tmp_path / "model.onnx", size=EXPORT_SIZE)
     runner = OnnxModel(path, providers=["CPUExecutionProvider"])
     for i, (size, batch) in enumerate(zip(RUN_SIZES, (1, 2, 1, 1))):
         g = torch.Generator().manual_seed(i)
-        ir, vis = torch.rand(batch, 1, *size, generator=g), torch.rand(batch, 1, *size, generator=g)
+        inputs = [torch.rand(batch, 1, *size, generator=g) for _ in range(2 if fusion else 1)]
         with torch.no_grad():
-            expected = model(ir, vis).fused.numpy()
-        got = runner(ir.numpy(), vis.numpy())
-        assert got.shape == (batch, 1, *size), (name, size)
+            out = model(*inputs)
+        expected = (out.fused if fusion else out.logits).numpy()
+        got = runner(*(x.numpy() for x in inputs))
+        assert got.shape == expected.shape and got.shape[-2:] == size, (name, size)
         error = float(np.abs(got - expected).max())
         assert error < TOLERANCE, f"{name} at {size}: max error {error:.2e}"
 
