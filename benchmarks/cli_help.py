@@ -99,8 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"(limit {args.limit} s): {'FAIL' if failed else 'PASS'}")
     if args.json:
         doc = {
-            "settings": {"launcher": base, "runs": args.runs, "limit_s": args.limit, "python": platform.python_version(),
-                         "machine": platform.machine(), "cpus": os.cpu_count(),
+            "settings": {"launcher": base, "runs": args.runs, "limit_s": args.limit,
+                         "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                          "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
             "results": results,
             "slowest_median_s": worst,
