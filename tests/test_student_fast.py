@@ -88,7 +88,7 @@ def test_repconv_folds_to_one_conv(groups):
     with torch.no_grad():
         expected = layer(x)
         layer.reparameterize()
-        assert layer.reparameterized and layer.conv1x1 is None
+        assert layer.reparameterized and bool(layer.folded) and not layer.conv1x1.weight.any()
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
     not_square = RepConv(4, 8)
     assert not not_square.identity
@@ -109,15 +109,25 @@ def test_reparameterize_keeps_outputs_and_features(head):
         torch.testing.assert_close(after.features[name], before.features[name], rtol=1e-4, atol=1e-4)
 
 
-def test_reparameterized_weights_load_into_a_fresh_model():
+def test_reparameterized_weights_save_and_load_like_unfolded_ones(tmp_path):
+    from dfsfuse.export import from_pretrained, save_pretrained
+
+    unfolded = _trained_like(create_model("student_fast"))
     folded = _trained_like(create_model("student_fast")).reparameterize()
-    state = folded.state_dict()
-    assert not any("conv1x1" in key for key in state)
-    fresh = create_model("student_fast")
-    fresh.load_state_dict(state)  # strict: folds itself first
+    assert set(folded.state_dict()) == set(unfolded.state_dict())
     ir, vis = _pair((32, 40))
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.eval()(ir, vis).fused, folded(ir, vis).fused, rtol=0, atol=0)
+    for source in (folded, unfolded):
+        fresh = create_model("student_fast")
+        fresh.load_state_dict(source.state_dict())  # strict; the weights set the layers' mode
+        loaded = from_pretrained(save_pretrained(source, tmp_path / f"m{id(source)}"))
+        with torch.no_grad():
+            expected = source(ir, vis).fused
+            torch.testing.assert_close(fresh.eval()(ir, vis).fused, expected, rtol=0, atol=0)
+            torch.testing.assert_close(loaded(ir, vis).fused, expected, rtol=0, atol=0)
+    with torch.no_grad():  # and an unfolded state loaded into a folded model unfolds it
+        folded.load_state_dict(unfolded.state_dict())
+        torch.testing.assert_close(folded(ir, vis).fused, unfolded(ir, vis).fused, rtol=0, atol=0)
+    assert not any(m.reparameterized for m in folded.modules() if isinstance(m, RepConv))
 
 
 @pytest.mark.parametrize("fold,head", [(False, "blend"), (True, "blend"), (True, "residual")])

@@ -7,7 +7,13 @@ named on stderr), 2 when nothing could start (no model, missing folder).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+
+def default_workers() -> int:
+    """``--workers`` default: the CPU count, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, folder in (("--ir", args.ir), ("--vi", args.vi)):  # fail fast, before loading a model
         if not folder.is_dir():
             raise DatasetError(f"{folder}: {flag} folder not found")
-    options = FuseOptions(gray=args.gray, batch_size=args.batch_size, overwrite=args.overwrite, ir_range=args.ir_range)
+    options = FuseOptions(gray=args.gray, batch_size=args.batch_size, overwrite=args.overwrite, ir_range=args.ir_range,
+                          workers=args.workers)
     device = resolve_device(args.device)
     model = load_fusion_model(args.model, device)
     err = Console(stderr=True, highlight=False)
@@ -53,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=4, help="equal-size pairs fused together (default 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                        help="decoding processes and encoding/writing threads beside the model "
+                             f"(default {default_workers()}: the CPU count, at most 4; 0: all in one thread)")
     parser.add_argument("--ir-range", type=ir_range_arg, default="auto", metavar="SPEC",
                         help=f"how 16-bit/float IR maps to [0, 1]: {IR_RANGE_HELP} (default auto: 8-bit IR as "
                              "value/255, deeper IR clipped to its 1st-99th percentiles and stretched; an explicit "

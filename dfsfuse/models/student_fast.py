@@ -25,7 +25,7 @@ to the teacher's size (:class:`dfsfuse.losses.distill.FeatureDistillLoss`).
 
 :class:`RepConv` trains as RepVGG does (3×3 + 1×1 + identity branches, summed) and
 :meth:`StudentFast.reparameterize` folds each into a single 3×3 conv, the same function up
-to float rounding; a reparameterized state dict loads into a fresh model (it folds first).
+to float rounding; folded weights save and load like unfolded ones (same tensor names).
 """
 
 from __future__ import annotations
@@ -57,25 +57,32 @@ class RepConv(nn.Module):
     """RepVGG-style 3×3 conv: 3×3 + 1×1 (+ identity when in == out) branches, then LeakyReLU.
 
     :meth:`reparameterize` folds the branches into the 3×3 conv (exact in real arithmetic),
-    leaving one conv and its activation for inference and export.
+    leaving one conv and its activation for inference and export. The folded layer keeps its
+    (zeroed, unused) 1×1 weight and records ``folded`` in a buffer, so folded and unfolded
+    weights have the same tensor names: either loads into a fresh model (``from_pretrained``
+    included), and loading sets the layer's mode from the weights.
     """
+
+    folded: Tensor
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1, act: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, groups=groups)
-        self.conv1x1: nn.Conv2d | None = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False)
+        self.conv1x1 = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False)
         self.identity = in_channels == out_channels
         self.act: nn.Module = nn.LeakyReLU(0.1, inplace=True) if act else nn.Identity()
+        self.register_buffer("folded", torch.zeros((), dtype=torch.bool))
+        self._folded = False  # a Python copy of the buffer: forward never branches on a tensor (tracing, compile)
 
     @property
     def reparameterized(self) -> bool:
         """Whether the branches have been folded into ``conv``."""
-        return self.conv1x1 is None
+        return self._folded
 
     def forward(self, x: Tensor) -> Tensor:
         """``act(conv3x3(x) + conv1x1(x) + x)``, or ``act(conv3x3(x))`` once folded."""
         y = self.conv(x)
-        if self.conv1x1 is not None:
+        if not self._folded:
             y = y + self.conv1x1(x)
             if self.identity:
                 y = y + x
@@ -84,7 +91,7 @@ class RepConv(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the 1×1 and identity branches into the 3×3 kernel (no-op when already folded)."""
-        if self.conv1x1 is None:
+        if self._folded:
             return
         weight = self.conv.weight + F.pad(self.conv1x1.weight, [1, 1, 1, 1])
         if self.identity:  # output channel o reads input o, which is index o % (C / groups) in its group
@@ -92,14 +99,14 @@ class RepConv(nn.Module):
             index = torch.arange(out_channels, device=weight.device)
             weight[index, index % group_in, 1, 1] += 1.0
         self.conv.weight.copy_(weight)
-        self.conv1x1 = None
+        self.conv1x1.weight.zero_()
+        self.folded.fill_(True)
+        self._folded = True
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Weights saved after reparameterize() have no 1×1 branch: fold this layer first so they load.
-        if self.conv1x1 is not None and prefix + "conv1x1.weight" not in state_dict \
-                and prefix + "conv.weight" in state_dict:
-            self.reparameterize()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "folded" in state_dict:  # the weights say which form they are in
+            self._folded = bool(state_dict[prefix + "folded"])
 
 
 def pad_to_scale(x: Tensor, scale: int) -> Tensor:
