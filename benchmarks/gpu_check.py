@@ -171,12 +171,15 @@ def check_metrics(out: Path, timeout: float) -> StepResult:
     return StepResult("metrics", PASS, f"{detail} (tolerance {METRIC_RTOL:g})")
 
 
-def check_speed(out: Path, timeout: float) -> StepResult:
-    """``benchmarks/speed.py --device cuda``: teacher and student, eager fp32 and bf16, batch 1."""
-    json_path = out / "speed_cuda.json"
-    cmd = [sys.executable, "benchmarks/speed.py", "--device", "cuda", "--models", "teacher", "student",
-           "--modes", "eager", "bf16", "--batches", "1", "--sizes", "480x640", "--runs", "20",
-           "--max-seconds", "5", "--json", str(json_path), "--png", str(out / "speed_cuda.png")]
+def check_speed(out: Path, timeout: float, device: str = "cuda", size: str = "480x640", runs: int = 20,
+                isolate: bool = True) -> StepResult:
+    """``benchmarks/speed.py --device cuda``: teacher and student, eager fp32 and bf16, batch 1
+    (``device``, ``size``, ``runs``, ``isolate`` let the tests run the same step on a CPU)."""
+    json_path = out / f"speed_{device}.json"
+    cmd = [sys.executable, "benchmarks/speed.py", "--device", device, "--models", "teacher", "student",
+           "--modes", "eager", "bf16", "--batches", "1", "--sizes", size, "--runs", str(runs),
+           "--max-seconds", "5", "--json", str(json_path), "--png", str(out / f"speed_{device}.png"),
+           *([] if isolate else ["--no-isolate"])]
     code, text = run_logged(cmd, out / "speed.log", timeout)
     if code != 0:
         return StepResult("speed", FAIL, f"exit {code}: {_last_line(text)}")
@@ -188,7 +191,7 @@ def check_speed(out: Path, timeout: float) -> StepResult:
     if bad or not records:
         return StepResult("speed", FAIL, "; ".join(bad) or "no records")
     p50 = ", ".join(f"{r['model']} {r['mode']} {r['latency_ms_p50']:.1f} ms" for r in records)
-    return StepResult("speed", PASS, f"p50 at 480×640, batch 1: {p50}")
+    return StepResult("speed", PASS, f"p50 at {size}, batch 1: {p50}")
 
 
 def run_steps(steps: Sequence[str], out: Path, gpus: int, timeout: float,

@@ -65,3 +65,10 @@ def test_metric_comparison_code_path_on_cpu():
     worst, where, images = gpu_check.compare_metrics("cpu")
     assert images == 8  # 4 bundled test pairs × (avg, max)
     assert worst == 0.0, where
+
+
+def test_speed_step_reads_the_benchmark_json(tmp_path):
+    # The same command and checks as on CUDA, run on the CPU at a tiny size with few runs.
+    result = gpu_check.check_speed(tmp_path, timeout=600, device="cpu", size="32x32", runs=2, isolate=False)
+    assert result.status == gpu_check.PASS, result.detail
+    assert "teacher eager" in result.detail and "student bf16" in result.detail
