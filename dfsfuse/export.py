@@ -141,7 +141,10 @@ def read_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
 
 def load_state_checked(model: nn.Module, state: Dict[str, torch.Tensor], weights: PathLike) -> nn.Module:
     """Load ``state`` into ``model`` strictly; names, then shapes, are checked first (errors name ``weights``)."""
+    from .models.blocks import upgrade_state_dict
+
     expected = model.state_dict()
+    state = upgrade_state_dict(state, expected)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

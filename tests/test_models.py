@@ -100,7 +100,7 @@ def test_arch_config_is_recorded_for_direct_construction_and_builders() -> None:
     from dfsfuse.models import Student
 
     model = Student(width=8)
-    assert model.arch_config() == {"architecture": "student", "kwargs": {"width": 8, "norm": False}}
+    assert model.arch_config() == {"architecture": "student", "kwargs": {"width": 8, "norm": False, "head": "blend"}}
     json.dumps(create_model("segmenter", out_indices=(2, 3, 4)).arch_config())
     assert create_model("segmenter", out_indices=(2, 3, 4)).arch_kwargs["out_indices"] == [2, 3, 4]
 
@@ -201,7 +201,7 @@ def test_profile_counts_known_layers() -> None:
         2 * (9 * w + 2 * (9 * w + w * w))  # two encoders: stem + two separable blocks
         + (2 * w * w + 9 * w + w * w)  # fusion: 1×1 then separable block
         + (3 * w * w + 9 * w + w * w)  # decoder: 1×1 on the dense concat then separable block
-        + 9 * w  # head
+        + 2 * 9 * w  # blend head: weight and residual channels
     )
     assert result.macs == per_pixel * pixels
     assert result.params == sum(p.numel() for p in model.parameters())

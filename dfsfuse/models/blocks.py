@@ -49,11 +49,65 @@ def fused_from_residual(residual: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
     return (torch.maximum(ir, vis_y) + residual).clamp(0.0, 1.0)
 
 
-class OutputHead(nn.Conv2d):
-    """3×3 conv to one residual channel, initialised small so training starts near max(ir, vis)."""
+HEADS: tuple[str, ...] = ("blend", "residual")
+"""Output heads every fusion network accepts (``head=`` kwarg); see :class:`FusionHead`."""
 
-    def __init__(self, in_channels: int) -> None:
-        super().__init__(in_channels, 1, kernel_size=3, padding=1)
+
+class FusionHead(nn.Module):
+    """The last layer of a fusion network: features → fused luminance in [0, 1].
+
+    - ``"residual"``: ``F = clip(max(ir, vis) + r)``. Training starts *at* the max rule; with
+      the classic intensity/gradient-towards-max loss it stays there.
+    - ``"blend"`` (default): ``F = clip(w·ir + (1 − w)·vis + r)`` with a per-pixel weight
+      ``w = sigmoid(z + s·(ir − vis))``. With ``z = r = 0`` (the initial state) this is a soft
+      maximum of the inputs, so training still starts near ``max``; but the network owns both
+      the base (``z`` moves the weight towards either source wherever it wants) and a free
+      detail/contrast term ``r``, so it can produce intensities and edges neither input has
+      (e.g. the dimmer source's edges on top of the brighter source).
+
+    ``forward(x, ir, vis_y)`` crops the head's output to ``ir``'s size first, so a network that
+    pads its input (the teacher) can hand over its padded decoder map.
+    """
+
+    def __init__(self, in_channels: int, kind: str = "blend", sharpness: float = 20.0) -> None:
+        super().__init__()
+        if kind not in HEADS:
+            raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+        self.kind = kind
+        self.sharpness = float(sharpness)
+        self.conv = OutputHead(in_channels, out_channels=2 if kind == "blend" else 1)
+
+    def forward(self, x: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
+        """Fused B×1×H×W image from the B×C×H'×W' map ``x`` (H' ≥ H, W' ≥ W)."""
+        raw = self.conv(x)[..., : ir.shape[-2], : ir.shape[-1]]
+        if self.kind == "residual":
+            return fused_from_residual(raw, ir, vis_y)
+        z, residual = raw[:, :1], raw[:, 1:]
+        w = torch.sigmoid(z + self.sharpness * (ir - vis_y))
+        return (vis_y + w * (ir - vis_y) + residual).clamp(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, sharpness={self.sharpness}"
+
+
+def upgrade_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the tensors of weights saved before :class:`FusionHead` existed
+    (``…head.weight`` → ``…head.conv.weight``) when ``expected`` has the new names."""
+    renamed = {}
+    for key, value in state.items():
+        for leaf in (".weight", ".bias"):
+            new = key[: -len(leaf)] + ".conv" + leaf
+            if key.endswith("head" + leaf) and key not in expected and new in expected:
+                key = new
+        renamed[key] = value
+    return renamed
+
+
+class OutputHead(nn.Conv2d):
+    """3×3 conv to the head's channels, initialised small so training starts near max(ir, vis)."""
+
+    def __init__(self, in_channels: int, out_channels: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=3, padding=1)
         with torch.no_grad():
             # Small rather than zero: every layer still receives gradient at step one.
             self.weight.mul_(0.1)

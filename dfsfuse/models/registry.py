@@ -138,4 +138,10 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     """Rebuild a model from ``{"architecture": name, "kwargs": {...}}`` (``arch_config()``)."""
     if "architecture" not in config:
         raise KeyError("model config needs an 'architecture' entry")
-    return create_model(config["architecture"], **dict(config.get("kwargs") or {}))
+    kwargs = dict(config.get("kwargs") or {})
+    builder = get_model_spec(config["architecture"]).builder
+    if "head" not in kwargs and "head" in inspect.signature(builder).parameters:
+        # Written before fusion models had a `head` kwarg (dfsfuse ≤ 0.1.0): they all used
+        # the clamped residual over max(ir, vis).
+        kwargs["head"] = "residual"
+    return create_model(config["architecture"], **kwargs)

@@ -25,7 +25,7 @@ import torch
 from einops import reduce
 from torch import Tensor, nn
 
-from .blocks import ConvAct, OutputHead, fused_from_residual
+from .blocks import ConvAct, FusionHead
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
@@ -119,7 +119,8 @@ class SSCMFusion(FusionModel):
         norm: add BatchNorm after each conv of the branches and the reconstructor.
     """
 
-    def __init__(self, widths: Sequence[int] = (8, 16, 24), reduction: int = 4, norm: bool = False) -> None:
+    def __init__(self, widths: Sequence[int] = (8, 16, 24), reduction: int = 4, norm: bool = False,
+                 head: str = "blend") -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 2:
@@ -136,7 +137,7 @@ class SSCMFusion(FusionModel):
         self.decoder = nn.Sequential(
             ConvAct(last, last, 3, norm=norm), ConvAct(last, self.decoder_channels, 3, norm=norm)
         )
-        self.head = OutputHead(self.decoder_channels)
+        self.head = FusionHead(self.decoder_channels, head)
 
     @property
     def feature_channels(self) -> dict[str, int]:
@@ -152,4 +153,4 @@ class SSCMFusion(FusionModel):
         fusion = self.fuse(torch.cat([f_ir, f_vis], dim=1))
         decoder = self.decoder(fusion)
         features = OrderedDict(enc_ir=f_ir, enc_vis=f_vis, fusion=fusion, decoder=decoder)
-        return FusionOutput(fused=fused_from_residual(self.head(decoder), ir, vis_y), features=features)
+        return FusionOutput(fused=self.head(decoder, ir, vis_y), features=features)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..losses.fusion import _SOBEL_X
 from ..losses.structure import structure_loss, structure_magnitude
-from .blocks import ConvAct, OutputHead, crop_to, fused_from_residual, pad_to_multiple
+from .blocks import ConvAct, FusionHead, crop_to, pad_to_multiple
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
@@ -146,7 +146,8 @@ class SSPFusion(FusionModel):
     """
 
     def __init__(
-        self, width: int = 16, depth: int = 2, scales: Sequence[int] = (1, 2, 4), structure_weight: float = 0.5
+        self, width: int = 16, depth: int = 2, scales: Sequence[int] = (1, 2, 4), structure_weight: float = 0.5,
+        head: str = "blend",
     ) -> None:
         super().__init__()
         if not scales or any(int(s) < 1 for s in scales):
@@ -160,7 +161,7 @@ class SSPFusion(FusionModel):
         self.sfe_vis = StructuralFeatureExtractor(width, depth)
         self.spf = StructurePreservingFusion(width, scales)
         self.decoder = nn.Sequential(ConvAct(width, width, 3), ConvAct(width, width, 3))
-        self.head = OutputHead(width)
+        self.head = FusionHead(width, head)
 
     @property
     def feature_channels(self) -> dict[str, int]:
@@ -174,7 +175,7 @@ class SSPFusion(FusionModel):
         enc_vis, signal_vis = self.sfe_vis(pad_to_multiple(vis_y, self.stride))
         fusion = self.spf(enc_ir, enc_vis, signal_ir, signal_vis)
         decoder = self.decoder(fusion)
-        residual = crop_to(self.head(decoder), height, width)
+        fused = self.head(decoder, ir, vis_y)
         features = OrderedDict(
             (name, crop_to(t, height, width))
             for name, t in (("enc_ir", enc_ir), ("enc_vis", enc_vis), ("fusion", fusion), ("decoder", decoder))
@@ -182,7 +183,7 @@ class SSPFusion(FusionModel):
         signals = OrderedDict(
             structure_ir=crop_to(signal_ir, height, width), structure_vis=crop_to(signal_vis, height, width)
         )
-        return SSPFusionOutput(fused=fused_from_residual(residual, ir, vis_y), features=features, signals=signals)
+        return SSPFusionOutput(fused=fused, features=features, signals=signals)
 
     def auxiliary_losses(self, output: SSPFusionOutput, ir: Tensor, vis_y: Tensor) -> dict[str, Tensor]:
         """``{"structure": w · mean of both modalities' structure losses}`` (empty when the weight is 0)."""

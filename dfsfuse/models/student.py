@@ -7,8 +7,8 @@ Layout (``width`` = W):
 - fusion: 1×1 conv of both encodings (2W→W) → dilated separable residual block
   → feature ``fusion`` (W);
 - decoder: 1×1 conv of [fusion, enc_ir, enc_vis] (dense link, 3W→W) → separable residual
-  block → feature ``decoder`` (W) → 3×3 head predicting a residual over ``max(ir, vis_y)``,
-  clamped to [0, 1].
+  block → feature ``decoder`` (W) → 3×3 :class:`FusionHead` (default ``blend``: a learned
+  per-pixel weighting of the two inputs plus a free residual, clamped to [0, 1]).
 
 Every conv has stride 1, so the network takes any H×W without padding, its ONNX export
 keeps dynamic height/width, and all features are at the input size. On CPU the maps are
@@ -25,9 +25,8 @@ from torch import Tensor, nn
 from .blocks import (
     ChannelsLastOnCPU,
     ConvAct,
-    OutputHead,
+    FusionHead,
     SeparableResBlock,
-    fused_from_residual,
 )
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -53,9 +52,12 @@ class Student(FusionModel):
         width: channels of every feature map (the size knob; 12 by default).
         norm: add BatchNorm after each conv (off by default: batch statistics of small
             fusion batches are noisy, and without it the exported graph is plain convs).
+        head: output head, ``"blend"`` (learned soft selection + free residual, can leave the
+            max rule) or ``"residual"`` (clamped residual over ``max(ir, vis_y)``); see
+            :class:`~dfsfuse.models.blocks.FusionHead`.
     """
 
-    def __init__(self, width: int = 12, norm: bool = False) -> None:
+    def __init__(self, width: int = 12, norm: bool = False, head: str = "blend") -> None:
         super().__init__()
         self.width = width
         self.encoder_ir = _Encoder(width, norm)
@@ -64,7 +66,7 @@ class Student(FusionModel):
             ConvAct(width * 2, width, 1, norm=norm), SeparableResBlock(width, dilation=2, norm=norm)
         )
         self.decoder = nn.Sequential(ConvAct(width * 3, width, 1, norm=norm), SeparableResBlock(width, norm=norm))
-        self.head = OutputHead(width)
+        self.head = FusionHead(width, head)
 
     @property
     def feature_channels(self) -> dict[str, int]:
@@ -78,4 +80,4 @@ class Student(FusionModel):
         fusion = self.fuse(torch.cat([enc_ir, enc_vis], dim=1))
         decoder = self.decoder(torch.cat([fusion, enc_ir, enc_vis], dim=1))
         features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
-        return FusionOutput(fused=fused_from_residual(self.head(decoder), ir, vis_y), features=features)
+        return FusionOutput(fused=self.head(decoder, ir, vis_y), features=features)

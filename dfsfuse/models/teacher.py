@@ -7,8 +7,8 @@ Layout (``dim`` = C):
 - fusion: 1×1 conv of both encodings, then a small U-shaped body of dual-branch blocks at
   1/2 (2C) and 1/4 (4C) resolution with pixel-(un)shuffle resampling and skip links, back
   to full resolution → feature ``fusion`` (C);
-- decoder: two 3×3 conv blocks → feature ``decoder`` (C) → 3×3 head predicting a residual
-  over ``max(ir, vis_y)``, clamped to [0, 1].
+- decoder: two 3×3 conv blocks → feature ``decoder`` (C) → 3×3 :class:`FusionHead` (default
+  ``blend``: learned per-pixel weighting of the inputs plus a free residual, clamped to [0, 1]).
 
 Every dual-branch block runs Restormer-style channel attention (cost linear in pixels) in
 parallel with a one-level DWT branch that treats LL and (LH, HL, HH) with separate layers.
@@ -27,10 +27,9 @@ from .blocks import (
     ConvAct,
     Downsample,
     DualBranchBlock,
-    OutputHead,
+    FusionHead,
     Upsample,
     crop_to,
-    fused_from_residual,
     pad_to_multiple,
 )
 from .outputs import FusionModel, FusionOutput
@@ -48,6 +47,7 @@ class Teacher(FusionModel):
         bottleneck_depth: number of dual-branch blocks at 1/4 resolution.
         wave: ``pytorch_wavelets`` wavelet name of the frequency branches.
         drop_path: stochastic-depth rate of every transformer block.
+        head: output head, ``"blend"`` (default) or ``"residual"`` (see :class:`FusionHead`).
     """
 
     stride = 8
@@ -60,6 +60,7 @@ class Teacher(FusionModel):
         bottleneck_depth: int = 2,
         wave: str = "haar",
         drop_path: float = 0.0,
+        head: str = "blend",
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -84,7 +85,7 @@ class Teacher(FusionModel):
         self.reduce1 = nn.Conv2d(dim * 2, dim, 1)
 
         self.decoder = nn.Sequential(ConvAct(dim, dim, 3), ConvAct(dim, dim, 3))
-        self.head = OutputHead(dim)
+        self.head = FusionHead(dim, head)
 
     @property
     def feature_channels(self) -> dict[str, int]:
@@ -104,9 +105,9 @@ class Teacher(FusionModel):
         fusion = self.reduce1(torch.cat([self.up1(half), full], dim=1))
 
         decoder = self.decoder(fusion)
-        residual = crop_to(self.head(decoder), height, width)
+        fused = self.head(decoder, ir, vis_y)
         features = OrderedDict(
             (name, crop_to(t, height, width))
             for name, t in (("enc_ir", enc_ir), ("enc_vis", enc_vis), ("fusion", fusion), ("decoder", decoder))
         )
-        return FusionOutput(fused=fused_from_residual(residual, ir, vis_y), features=features)
+        return FusionOutput(fused=fused, features=features)

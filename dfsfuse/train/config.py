@@ -97,6 +97,10 @@ class LossConfig:
     intensity: float = 1.0
     gradient: float = 1.0
     ssim: float = 0.0
+    qabf: float = 0.0                  # 1 − Q^AB/F (edges of both sources), see losses/quality.py
+    vif: float = 0.0                   # 2 − VIF (only next to qabf/ssim: gameable by contrast gain)
+    intensity_target: str = "max"      # max (classic) or contrast (per-window local-contrast selection)
+    gradient_mode: str = "magnitude"   # magnitude (classic) or signed (stronger source edge with its sign)
     seg_ce: float = 0.5                # segmentation CE on the fused image, where labels exist
     seg_loss: str = "plain"            # its kind: plain, weighted (ENet 1/ln(1.02+p) class weights) or ohem (SeAFusion)
     seg_class_weights: Optional[List[float]] = None  # weighted/ohem class weights (weighted, None: the MSRS table)
@@ -116,6 +120,11 @@ class LossConfig:
     consistency_warmup: int = 0        # SSVIF: fusion-only steps before the joint stage
     consistency_temperature: float = 1.0
     consistency_dynamic: bool = True   # SSVIF: dynamic weights between "fusion" and "consistency"
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("intensity_target", ("max", "contrast")), ("gradient_mode", ("magnitude", "signed"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"loss.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
 
 
 @dataclass

@@ -52,7 +52,9 @@ def seg_criterion_from(cfg: LossConfig) -> SegmentationCE:
 
 def fusion_loss_from(cfg: LossConfig) -> FusionLoss:
     """The unsupervised fusion loss with the configured weights."""
-    return FusionLoss(w_intensity=cfg.intensity, w_gradient=cfg.gradient, w_ssim=cfg.ssim)
+    return FusionLoss(w_intensity=cfg.intensity, w_gradient=cfg.gradient, w_ssim=cfg.ssim,
+                      w_qabf=cfg.qabf, w_vif=cfg.vif, intensity_target=cfg.intensity_target,
+                      gradient_mode=cfg.gradient_mode)
 
 
 class TeacherObjective(nn.Module):

@@ -18,7 +18,7 @@ from ..models import create_model, model_kind
 from .config import RunConfig
 from .data import build_train_dataset, collate_samples
 from .loop import StageResult, train_stage
-from .objectives import StudentObjective, TeacherObjective, freeze
+from .objectives import StudentObjective, TeacherObjective, freeze, fusion_loss_from
 from .ssvif import SSVIFObjective, ssvif_dynamic_weights
 from .tracking import JSONLinesTracker
 
@@ -170,6 +170,5 @@ def _term_names(cfg: RunConfig) -> list:
     names = [n for n, w in (("output", c.output), ("feature", c.feature), ("frequency", c.frequency),
                             ("seg_kl", c.seg_kl), ("seg_ce", c.seg_ce)) if w]
     if c.student_fusion:
-        names += [f"fusion_{n}" for n, w in (("intensity", c.intensity), ("gradient", c.gradient),
-                                              ("ssim", c.ssim)) if w]
+        names += [f"fusion_{n}" for n in fusion_loss_from(c).term_names]
     return names

@@ -1,0 +1,155 @@
+"""Objectives and heads that let fusion networks leave the ``max`` rule (issue: beyond max)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dfsfuse.export import from_pretrained
+from dfsfuse.losses import FusionLoss
+from dfsfuse.losses.fusion import contrast_target, signed_gradient_loss, sobel_gradients
+from dfsfuse.losses.quality import qabf_loss, vif_loss
+from dfsfuse.metrics import fusion_metrics_batch
+from dfsfuse.models import create_model
+from dfsfuse.models.blocks import FusionHead
+from dfsfuse.train.config import ConfigError, load_config
+
+
+def _scene(seed: int = 0, size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """IR with a warm blob, VIS with texture and an edge: each has structure the other lacks."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ir = 0.2 + 0.6 * (((yy - size / 2) ** 2 + (xx - size / 3) ** 2) < (size / 6) ** 2).float()
+    vis = 0.3 + 0.3 * (xx > size * 0.6).float() + 0.1 * torch.rand(size, size, generator=g)
+    blur = torch.nn.functional.avg_pool2d
+    ir = blur(ir[None, None], 3, 1, 1, count_include_pad=False)
+    vis = blur(vis[None, None], 3, 1, 1, count_include_pad=False)
+    return ir.clamp(0, 1), vis.clamp(0, 1)
+
+
+def test_vif_loss_equals_the_metric():
+    ir, vis = _scene()
+    fused = torch.maximum(ir, vis) * 0.9 + 0.05
+    metric = fusion_metrics_batch(fused * 255, ir * 255, vis * 255, metrics=("VIF",))["VIF"]
+    assert 2 - vif_loss(fused, ir, vis).item() == pytest.approx(metric.item(), rel=1e-5)
+
+
+def test_qabf_loss_tracks_the_metric():
+    # Smooth corners (ε, no g_F quirk, replicate borders) put it near, not on, the metric.
+    # A black frame makes the metric's zero padding and the loss's replicate padding agree.
+    ir, vis = (torch.nn.functional.pad(x[..., 3:-3, 3:-3], (3, 3, 3, 3)) for x in _scene(1, 128))
+    for fused in (torch.maximum(ir, vis), (ir + vis) / 2, vis):
+        metric = fusion_metrics_batch(fused * 255, ir * 255, vis * 255, metrics=("Qabf",))["Qabf"].item()
+        assert 1 - qabf_loss(fused, ir, vis).item() == pytest.approx(metric, abs=0.03)
+
+
+def test_qabf_loss_prefers_keeping_both_sources_edges():
+    ir, vis = _scene(2)
+    both = qabf_loss(torch.maximum(ir, vis), ir, vis)
+    only_ir = qabf_loss(ir, ir, vis)
+    assert both < only_ir
+
+
+def test_optimising_qabf_from_max_raises_the_metric():
+    ir, vis = _scene(3, 64)
+    start = torch.maximum(ir, vis)
+    delta = torch.zeros_like(start, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=0.003)
+    losses = []
+    for _ in range(40):
+        loss = qabf_loss((start + delta).clamp(0, 1), ir, vis)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    q = lambda f: fusion_metrics_batch(f * 255, ir * 255, vis * 255, metrics=("Qabf",))["Qabf"].item()  # noqa: E731
+    assert q((start + delta).detach().clamp(0, 1)) > q(start)
+
+
+def test_signed_gradient_loss_is_zero_for_the_stronger_source_and_punishes_inversion():
+    ir, vis = _scene(4)
+    flat = torch.full_like(vis, 0.5)
+    assert signed_gradient_loss(ir, ir, flat).item() == pytest.approx(0.0, abs=1e-7)
+    inverted = 1 - ir  # same magnitudes, opposite sign
+    gx, gy = sobel_gradients(ir)
+    expected = 2 * (gx.abs() + gy.abs()).mean().item()
+    assert signed_gradient_loss(inverted, ir, flat).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrast_target_follows_the_textured_source():
+    g = torch.Generator().manual_seed(0)
+    textured = 0.3 + 0.2 * torch.rand(1, 1, 48, 48, generator=g)
+    bright_flat = torch.full_like(textured, 0.9)
+    target = contrast_target(bright_flat, textured)
+    # max would copy the bright flat image; the contrast target stays with the texture.
+    assert (target - textured).abs().mean() < 0.05
+    both_flat = contrast_target(torch.full_like(textured, 0.2), torch.full_like(textured, 0.7))
+    torch.testing.assert_close(both_flat, torch.full_like(textured, 0.7), atol=1e-3, rtol=0)
+
+
+def test_fusion_loss_terms_and_names():
+    ir, vis = _scene(5, 48)
+    fused = (ir + vis) / 2
+    loss = FusionLoss(w_intensity=1.0, w_gradient=0.5, w_ssim=0.0, w_qabf=2.0, w_vif=0.1,
+                      intensity_target="contrast", gradient_mode="signed")
+    terms = loss(fused, ir, vis)
+    assert list(terms) == loss.term_names == ["intensity", "gradient", "qabf", "vif"]
+    assert terms["qabf"].item() == pytest.approx(2.0 * qabf_loss(fused, ir, vis).item(), rel=1e-6)
+    assert terms["gradient"].item() == pytest.approx(0.5 * signed_gradient_loss(fused, ir, vis).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="intensity_target"):
+        FusionLoss(intensity_target="mean")
+    with pytest.raises(ValueError, match="gradient_mode"):
+        FusionLoss(gradient_mode="laplace")
+
+
+def test_config_rejects_unknown_loss_modes():
+    with pytest.raises(ConfigError, match="loss.intensity_target"):
+        load_config(None, ["loss.intensity_target=brightest"])
+    cfg = load_config(None, ["loss.qabf=1.5", "loss.gradient_mode=signed"])
+    assert cfg.loss.qabf == 1.5 and cfg.loss.gradient_mode == "signed"
+
+
+def test_blend_head_starts_as_a_soft_max_and_can_leave_it():
+    ir, vis = _scene(6, 40)
+    head = FusionHead(4, "blend")
+    feats = torch.zeros(1, 4, 40, 40)
+    with torch.no_grad():
+        head.conv.bias.zero_()
+        out = head(feats, ir, vis)
+    # Initial state: a soft maximum, close to max where the inputs differ.
+    differ = (ir - vis).abs() > 0.2
+    torch.testing.assert_close(out[differ], torch.maximum(ir, vis)[differ], atol=0.01, rtol=0)
+    # A constant residual channel moves every pixel: intensities no input has are reachable.
+    with torch.no_grad():
+        head.conv.bias[1] = 0.1
+        brighter = head(feats, ir, vis)
+    assert (brighter > torch.maximum(ir, vis) + 0.05).float().mean() > 0.5
+    with pytest.raises(ValueError, match="unknown head"):
+        FusionHead(4, "direct")
+
+
+@pytest.mark.parametrize("name", ["student", "teacher"])
+def test_heads_are_a_kwarg_of_the_fusion_models(name):
+    kwargs = {"dim": 8} if name == "teacher" else {"width": 4}
+    ir, vis = _scene(7, 33)
+    for head in ("blend", "residual"):
+        model = create_model(name, head=head, **kwargs)
+        assert model.arch_kwargs["head"] == head
+        assert model(ir, vis).fused.shape == ir.shape
+
+
+def test_models_saved_before_heads_existed_still_load(tmp_path):
+    """A folder as dfsfuse 0.1.0 wrote it: no ``head`` kwarg, the head conv stored as ``head.*``."""
+    old = create_model("student", width=4, head="residual")
+    state = {k.replace("head.conv.", "head."): v.contiguous() for k, v in old.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "student", "kwargs": {"width": 4, "norm": False}}))
+    loaded = from_pretrained(tmp_path)
+    assert loaded.arch_kwargs["head"] == "residual"
+    ir, vis = _scene(8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ir, vis).fused, old.eval()(ir, vis).fused)
