@@ -64,19 +64,24 @@ class FuseOptions:
     ``overwrite`` replaces existing outputs (otherwise they are skipped); ``ir_range`` maps
     16-bit/float IR to [0, 1] (text or :class:`IrRange`, see :mod:`dfsfuse.data.irrange`;
     8-bit IR is read as value / 255 unless an explicit range is given); ``workers`` decoding
-    processes and encoding threads run beside the model (0: everything in the calling thread)."""
+    processes and encoding threads run beside the model (0: everything in the calling thread);
+    ``png_level`` is the PNG zlib level (1: fast, about 4× quicker to encode than Pillow's
+    default 6 for ~10% larger files; the pixels are the same at every level)."""
 
     gray: bool = False
     batch_size: int = 1
     overwrite: bool = False
     ir_range: Union[str, IrRange, None] = None
     workers: int = 0
+    png_level: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError(f"PNG level must be 0 to 9, got {self.png_level}")
         object.__setattr__(self, "ir_range", parse_ir_range(self.ir_range))
 
 
@@ -273,8 +278,8 @@ class _Writer:
     """Writes fused images atomically, inline or in a thread pool; results are recorded in submission
     order from the calling thread (so summaries and messages come out as with ``workers=0``)."""
 
-    def __init__(self, run: _Run, threads: int) -> None:
-        self.run = run
+    def __init__(self, run: _Run, threads: int, png_level: Optional[int] = None) -> None:
+        self.run, self.png_level = run, png_level
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dfsfuse-write") if threads else None
         self.pending: deque[Tuple[FuseJob, Future]] = deque()
 
@@ -285,10 +290,9 @@ class _Writer:
             self.pending.append((job, self.pool.submit(self._write, job, image)))
             self.drain(block=False)
 
-    @staticmethod
-    def _write(job: FuseJob, image: np.ndarray) -> str:
+    def _write(self, job: FuseJob, image: np.ndarray) -> str:
         try:
-            write_image(job.out, image)
+            write_image(job.out, image, self.png_level)
         except OSError as exc:
             return f"{job.out}: cannot write ({_one_line(exc)})"
         return ""
@@ -377,7 +381,7 @@ def fuse_folder(model: nn.Module, ir_dir: PathLike, vis_dir: PathLike, out_dir: 
                 run.fail(FuseFailure(job.name, str(exc)))
                 continue
             todo.append(job)
-        writer = _Writer(run, options.workers)
+        writer = _Writer(run, options.workers, options.png_level)
         try:
             batches = list(_batches(todo, sizes, options.batch_size))
             for decoded in _decoded_batches(batches, options.ir_range, options.workers):

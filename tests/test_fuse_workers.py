@@ -86,3 +86,16 @@ def test_cli_workers_flag(tmp_path, model, capsys):
     for name in (*BUNDLED_TEST, "odd"):
         assert (tmp_path / "a" / f"{name}.png").read_bytes() == (tmp_path / "b" / f"{name}.png").read_bytes()
     assert cli.main([*args, "--out", str(tmp_path / "c"), "--workers", "-1"]) == 2
+
+
+def test_png_level_changes_bytes_not_pixels(tmp_path, model):
+    ir, vi = _folders(tmp_path / "data")
+    for level in (1, 9):
+        fuse_folder(model, ir, vi, tmp_path / f"l{level}", FuseOptions(png_level=level, workers=1))
+    for name in (*BUNDLED_TEST, "odd"):
+        fast, small = tmp_path / "l1" / f"{name}.png", tmp_path / "l9" / f"{name}.png"
+        assert np.array_equal(np.asarray(Image.open(fast)), np.asarray(Image.open(small)))
+    assert sum(p.stat().st_size for p in (tmp_path / "l9").iterdir()) < sum(
+        p.stat().st_size for p in (tmp_path / "l1").iterdir())
+    with pytest.raises(ValueError, match="PNG level"):
+        FuseOptions(png_level=10)

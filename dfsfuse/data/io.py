@@ -198,8 +198,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def write_image(path: PathLike, image: np.ndarray) -> None:
-    """Write an H×W (grey) or H×W×3 (RGB) image atomically: temp file in the same folder, then rename."""
+def write_image(path: PathLike, image: np.ndarray, png_level: Optional[int] = None) -> None:
+    """Write an H×W (grey) or H×W×3 (RGB) image atomically: temp file in the same folder, then rename.
+
+    ``png_level`` (0–9) sets the zlib level of a PNG (default: Pillow's, 6); the pixels are the
+    same at every level, lower levels encode several times faster into slightly larger files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if image.dtype != np.uint8:
@@ -207,5 +211,6 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image extension {path.suffix!r}")
+    options = {"compress_level": png_level} if png_level is not None and fmt == "PNG" else {}
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format=fmt)
+        Image.fromarray(image).save(tmp, format=fmt, **options)
