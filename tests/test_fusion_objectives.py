@@ -34,7 +34,7 @@ def test_vif_loss_equals_the_metric():
     ir, vis = _scene()
     fused = torch.maximum(ir, vis) * 0.9 + 0.05
     metric = fusion_metrics_batch(fused * 255, ir * 255, vis * 255, metrics=("VIF",))["VIF"]
-    assert 2 - vif_loss(fused, ir, vis).item() == pytest.approx(metric.item(), rel=1e-5)
+    assert 2 - vif_loss(fused, ir, vis).item() == pytest.approx(metric.item(), rel=1e-4)
 
 
 def test_qabf_loss_tracks_the_metric():

@@ -17,8 +17,9 @@ corners made smooth:
   ``g_X == g_F`` is left out (it has measure zero for a network's output).
 - **VIF** (``vif_loss = 2 − VIF``, so 0 when F carries all the information of both sources):
   ``vifp(X → F)`` summed over ``X ∈ {A, B}``, four scales with Gaussian windows 17, 9, 5, 3
-  (σ = N/5), "valid" filtering, ``σ_n² = 2`` grey levels², computed in float64 on grey levels
-  in [0, 255] (``E[x²] − μ²`` cancels badly in float32). VIF alone is gameable by a global
+  (σ = N/5), "valid" filtering, ``σ_n² = 2`` grey levels², on grey levels in [0, 255] in
+  float32 (``E[x²] − μ²`` then carries errors of ~0.01 grey level², far below ``σ_n²``; the
+  metric itself runs in float64). VIF alone is gameable by a global
   contrast gain (it rewards ``g > 1``); use it together with Q^AB/F and SSIM, never alone.
 
 Images are ``B×1×H×W`` in [0, 1]. Each returns one scalar (mean over the batch).
@@ -89,9 +90,9 @@ def _valid(x: Tensor, taps: Tensor) -> Tensor:
 
 
 def vif_loss(fused: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
-    """``2 − (vifp(A → F) + vifp(B → F))`` per image, averaged over the batch (float64)."""
+    """``2 − (vifp(A → F) + vifp(B → F))`` per image, averaged over the batch (float32)."""
     with torch.autocast(device_type=fused.device.type, enabled=False):
-        x = torch.cat([ir, vis_y, fused], 1).double() * 255.0
+        x = torch.cat([ir, vis_y, fused], 1).float() * 255.0
         num = x.new_zeros(x.shape[0], 2)
         den = x.new_zeros(x.shape[0], 2)
         for scale, size in enumerate(_VIF_WINDOWS):
@@ -112,4 +113,4 @@ def vif_loss(fused: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
             num = num + torch.log10(1 + g * g * var_r / (sv + _VIF_NOISE_VAR)).sum((-2, -1))
             den = den + torch.log10(1 + var_r * informative / _VIF_NOISE_VAR).sum((-2, -1))
         vifp = num / den.clamp_min(1e-12)
-        return (2 - vifp.sum(1)).mean().float()
+        return (2 - vifp.sum(1)).mean()
