@@ -53,6 +53,22 @@ HEADS: tuple[str, ...] = ("blend", "residual")
 """Output heads every fusion network accepts (``head=`` kwarg); see :class:`FusionHead`."""
 
 
+def head_channels(kind: str) -> int:
+    """How many maps a head of ``kind`` predicts: 2 for ``blend`` (z, r), 1 for ``residual`` (r)."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+    return 2 if kind == "blend" else 1
+
+
+def fused_from_head(raw: Tensor, ir: Tensor, vis_y: Tensor, kind: str, sharpness: float = 20.0) -> Tensor:
+    """The output rule of a head of ``kind`` (see :class:`FusionHead`) applied to its B×k×H×W maps ``raw``."""
+    if kind == "residual":
+        return fused_from_residual(raw, ir, vis_y)
+    z, residual = raw[:, :1], raw[:, 1:]
+    w = torch.sigmoid(z + sharpness * (ir - vis_y))
+    return (vis_y + w * (ir - vis_y) + residual).clamp(0.0, 1.0)
+
+
 class FusionHead(nn.Module):
     """The last layer of a fusion network: features → fused luminance in [0, 1].
 
@@ -75,16 +91,12 @@ class FusionHead(nn.Module):
             raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
         self.kind = kind
         self.sharpness = float(sharpness)
-        self.conv = OutputHead(in_channels, out_channels=2 if kind == "blend" else 1)
+        self.conv = OutputHead(in_channels, out_channels=head_channels(kind))
 
     def forward(self, x: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
         """Fused B×1×H×W image from the B×C×H'×W' map ``x`` (H' ≥ H, W' ≥ W)."""
         raw = self.conv(x)[..., : ir.shape[-2], : ir.shape[-1]]
-        if self.kind == "residual":
-            return fused_from_residual(raw, ir, vis_y)
-        z, residual = raw[:, :1], raw[:, 1:]
-        w = torch.sigmoid(z + self.sharpness * (ir - vis_y))
-        return (vis_y + w * (ir - vis_y) + residual).clamp(0.0, 1.0)
+        return fused_from_head(raw, ir, vis_y, self.kind, self.sharpness)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, sharpness={self.sharpness}"

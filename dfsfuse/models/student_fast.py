@@ -37,20 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import fused_from_residual
+from .blocks import HEADS, fused_from_head, head_channels
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
-HEADS: tuple[str, ...] = ("blend", "residual")
-"""Output rules (``head=``), the same as the other fusion networks' heads:
-
-- ``"residual"``: ``clip(max(ir, vis_y) + r)``, training starts at the max rule;
-- ``"blend"`` (default): ``clip(w·ir + (1 − w)·vis_y + r)`` with ``w = sigmoid(z + 20·(ir − vis_y))``:
-  starts as a soft maximum, but the network owns the base (``z``) and a free residual ``r``.
-"""
-
 BLEND_SHARPNESS = 20.0
-"""``s`` in the blend weight ``sigmoid(z + s·(ir − vis_y))``."""
+"""``s`` in the blend weight ``sigmoid(z + s·(ir − vis_y))`` (the :class:`~dfsfuse.models.blocks.FusionHead` default)."""
 
 
 class RepConv(nn.Module):
@@ -146,8 +138,8 @@ class StudentFast(FusionModel):
         width: channels of every feature map (the size knob; 16 by default).
         scale: patch size (4 by default; 2 is sharper and about 4× the cost): the body runs
             at H/scale × W/scale.
-        head: how the head's maps become the fused image, ``"blend"`` or ``"residual"``
-            (see :data:`HEADS`).
+        head: how the head's maps become the fused image, ``"blend"`` or ``"residual"``, the
+            same rules as every fusion network's :class:`~dfsfuse.models.blocks.FusionHead`.
     """
 
     def __init__(self, width: int = 16, scale: int = 4, head: str = "blend") -> None:
@@ -170,7 +162,7 @@ class StudentFast(FusionModel):
         self.skip_vis = nn.Conv2d(width, width, 1, bias=False)
         self.decoder = RepConv(width, width)
         # One map per output channel of the rule (blend: z and r; residual: r), s² cells each.
-        self.head = nn.Conv2d(width, (2 if head == "blend" else 1) * scale * scale, 3, padding=1)
+        self.head = nn.Conv2d(width, head_channels(head) * scale * scale, 3, padding=1)
         with torch.no_grad():  # small: training starts near the rule's base (max / soft max of the inputs)
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
@@ -188,12 +180,9 @@ class StudentFast(FusionModel):
         return self
 
     def fused_image(self, raw: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
-        """The output rule (:data:`HEADS`): the head's full-resolution maps ``raw`` and the inputs → fused image."""
-        if self.head_kind == "residual":
-            return fused_from_residual(raw, ir, vis_y)
-        z, residual = raw[:, :1], raw[:, 1:]
-        w = torch.sigmoid(z + BLEND_SHARPNESS * (ir - vis_y))
-        return (vis_y + w * (ir - vis_y) + residual).clamp(0.0, 1.0)
+        """The output rule: the head's full-resolution maps ``raw`` and the inputs → fused image, exactly
+        as :class:`~dfsfuse.models.blocks.FusionHead` of kind ``head`` computes it (shared function)."""
+        return fused_from_head(raw, ir, vis_y, self.head_kind, BLEND_SHARPNESS)
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
         """Fuse B×1×H×W ``ir`` and ``vis_y`` in [0, 1] (any H, W)."""
