@@ -60,17 +60,27 @@ def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mappi
         "pipeline_tag": "image-to-image",
         "tags": ["image-fusion", "infrared", "visible", "knowledge-distillation", "dfsfuse", arch],
     }
-    if training and training.get("datasets"):
-        front["datasets"] = list(training["datasets"])
-    out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-           f"# {name}", "",
-           f"A dfsfuse **{arch}** infrared/visible fusion model "
-           f"({config.get('kind', 'fusion')}). It takes an IR image and the luminance (Y) of a visible "
-           "image, both in [0, 1], and returns the fused luminance; put the visible Cb/Cr back for colour.", "",
-           "## Use", "", "```python", "import dfsfuse", "",
-           f'model = dfsfuse.from_pretrained("{where}")', "fused = model(ir, vis_y).fused  # B×1×H×W in [0, 1]",
-           "```", "", f"or from the command line: `dfsfuse fuse --model {where} --ir IR_DIR --vi VI_DIR --out OUT` "
-           "(colour output; `--gray` for the fused luminance only).", ""]
+    # Only real hub dataset ids ("owner/name") go into the front matter; local set names stay in the text.
+    hub_ids = [d for d in (training or {}).get("datasets", []) if isinstance(d, str) and d.count("/") == 1
+               and not d.startswith((".", "/"))]
+    if hub_ids:
+        front["datasets"] = hub_ids
+    if config.get("kind") == "segmentation":
+        front["pipeline_tag"] = "image-segmentation"
+        intro = [f"A dfsfuse **{arch}** semantic segmenter (9 MSRS classes) for fused infrared/visible "
+                 "luminance images (B×1×H×W in [0, 1]).", "",
+                 "## Use", "", "```python", "import dfsfuse", "",
+                 f'model = dfsfuse.from_pretrained("{where}")',
+                 "classes = model(fused).logits.argmax(1)  # B×H×W class indices 0–8", "```", ""]
+    else:
+        intro = [f"A dfsfuse **{arch}** infrared/visible fusion model "
+                 f"({config.get('kind', 'fusion')}). It takes an IR image and the luminance (Y) of a visible "
+                 "image, both in [0, 1], and returns the fused luminance; put the visible Cb/Cr back for colour.", "",
+                 "## Use", "", "```python", "import dfsfuse", "",
+                 f'model = dfsfuse.from_pretrained("{where}")', "fused = model(ir, vis_y).fused  # B×1×H×W in [0, 1]",
+                 "```", "", f"or from the command line: `dfsfuse fuse --model {where} --ir IR_DIR --vi VI_DIR --out OUT` "
+                 "(colour output; `--gray` for the fused luminance only).", ""]
+    out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", "", *intro]
     if summary:
         out += ["## Size and speed", "", "| params | GMAC | latency (ms) | size | device |",
                 "| ---: | ---: | ---: | --- | --- |",

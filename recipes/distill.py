@@ -24,11 +24,18 @@ from typing import Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from dfsfuse.atomic import write_text_atomic
 from dfsfuse.card import render_card
 from dfsfuse.data.io import write_image
 from dfsfuse.export import save_pretrained
 from dfsfuse.train.config import ConfigError, load_config
-from dfsfuse.train.evaluate import comparison_image, evaluate_fusion, evaluate_segmentation, model_summary
+from dfsfuse.train.evaluate import (
+    comparison_image,
+    evaluate_fusion,
+    evaluate_segmentation,
+    evaluate_segmentation_real,
+    model_summary,
+)
 from dfsfuse.train.data import build_eval_sets
 from dfsfuse.train.loop import NonFiniteLossError, TrainingInterrupted
 from dfsfuse.train.stages import (
@@ -79,7 +86,11 @@ def run(args: argparse.Namespace) -> dict:
         fusers = {"teacher": teacher.eval(), "student": student}
         fusion = evaluate_fusion(fusers, eval_sets, device, max_images=cfg.eval.max_images)
         miou = evaluate_segmentation(segmenter, fusers, cfg.eval.synthetic, cfg.eval.synthetic_size,
-                                     seed=cfg.train.seed + 10_000, device=device) if segmenter is not None else {}
+                                     seed=cfg.train.seed + 10_000, device=device) \
+            if segmenter is not None and cfg.eval.synthetic > 0 else {}
+        # Real labels where a held-out set has them (MSRS val/test): the segmenter fed with each input.
+        segmentation = evaluate_segmentation_real(segmenter, fusers, eval_sets, device,
+                                                  max_images=cfg.eval.max_images) if segmenter is not None else {}
         summaries = {name: model_summary(m, tuple(cfg.eval.latency_size), device, runs=cfg.eval.latency_runs)
                      for name, m in fusers.items()}
         if fusion.strips:
@@ -95,18 +106,53 @@ def run(args: argparse.Namespace) -> dict:
                     "recipe": "recipes/distill.py", "config": cfg.to_dict()}
         files = {"sample.png": run_dir / "sample.png"} if fusion.strips else {}
         card_metrics = {m: fusion.metrics[m] for m in ("avg", "max", "teacher", "student") if m in fusion.metrics}
-        report = {**card_metrics, "segmentation_miou": miou, "models": summaries,
+        report = {**card_metrics, "segmentation_miou": miou, "segmentation": segmentation, "models": summaries,
                   "eval_seconds": round(fusion.seconds, 1), "wall_time_s": round(time.time() - t_start, 1)}
         training["wall time (s)"] = report["wall_time_s"]
         config = {"architecture": student.arch_name, "kwargs": student.arch_kwargs}
+        seg_section = segmentation_markdown(segmentation)
         card = render_card("dfsfuse student", config, summary={**summaries["student"], "device": str(device)},
-                           metrics=card_metrics, training=training, sample_image="sample.png" if files else None)
+                           metrics=card_metrics, training=training, sample_image="sample.png" if files else None,
+                           sections={"Segmentation of its fusion": seg_section} if seg_section else None)
         save_pretrained(student, run_dir / "student", card=card, files=files, role="student")
-        (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        if args.teacher is None:  # this run trained the teacher (and segmenter): give them cards too
+            write_teacher_cards(run_dir / "teacher", teacher, segmenter, summaries["teacher"], card_metrics,
+                                seg_section, training, device)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(report, indent=2))
         print_summary(console, report, run_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report
+
+
+def segmentation_markdown(segmentation: dict) -> str:
+    """Per-class IoU tables (one per labelled held-out set) of the run's segmenter fed with each input."""
+    parts = []
+    for name, seg in segmentation.items():
+        kinds = list(seg["miou"])
+        classes = list(next(iter(seg["iou"].values())))
+        rows = [f"| input | mIoU | {' | '.join(classes)} |", "| --- | ---: |" + " ---: |" * len(classes)]
+        for k in kinds:
+            rows.append(f"| {k} | {seg['miou'][k]:.3f} | "
+                        + " | ".join(f"{seg['iou'][k][c]:.3f}" for c in classes) + " |")
+        parts.append(f"The run's segmenter on **{name}** (real labels, never trained on), fed with each input "
+                     "(fusions rounded to 8 bits as saved):\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def write_teacher_cards(folder: Path, teacher, segmenter, summary: dict, card_metrics: dict, seg_section: str,
+                        training: dict, device) -> None:
+    """Model cards for the run's teacher and segmenter folders (written atomically)."""
+    metrics = {m: card_metrics[m] for m in ("avg", "max", "teacher") if m in card_metrics}
+    card = render_card("dfsfuse teacher", teacher.arch_config(), summary={**summary, "device": str(device)},
+                       metrics=metrics, training=training,
+                       sections={"Segmentation of its fusion": seg_section} if seg_section else None)
+    write_text_atomic(folder / "README.md", card)
+    if segmenter is not None and (folder / "segmenter").is_dir():
+        seg_config = {**segmenter.arch_config(), "kind": "segmentation"}
+        card = render_card("dfsfuse segmenter", seg_config, training=training,
+                           sections={"Held-out segmentation": seg_section} if seg_section else None)
+        write_text_atomic(folder / "segmenter" / "README.md", card)
 
 
 def print_summary(console: Console, report: dict, run_dir: Path) -> None:
@@ -130,6 +176,9 @@ def print_summary(console: Console, report: dict, run_dir: Path) -> None:
     if report.get("segmentation_miou"):
         console.print("segmenter mIoU on held-out synthetic scenes, fed with: " +
                       ", ".join(f"{k} {v:.3f}" for k, v in report["segmentation_miou"].items()))
+    for name, seg in report.get("segmentation", {}).items():
+        console.print(f"segmenter mIoU on {name} (real labels), fed with: " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in seg["miou"].items()))
     console.print(f"student written to [bold]{run_dir / 'student'}[/]; metrics in {run_dir / 'metrics.json'}; "
                   f"finished in {report['wall_time_s']:.0f} s")
 

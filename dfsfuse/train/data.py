@@ -105,10 +105,11 @@ def collate_samples(batch: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def build_eval_sets(cfg: EvalConfig) -> Dict[str, PairedImages]:
-    """Held-out real pair sets by name (missing optional ones skipped). Labels are never read."""
+    """Held-out real pair sets by name (missing optional ones skipped), with their segmentation
+    labels where they exist (for the segmenter's held-out mIoU)."""
     sets: Dict[str, PairedImages] = {}
     for spec in cfg.sets:
-        ds = open_spec(spec, labels=False)
+        ds = open_spec(spec, labels=True)
         if ds is not None:
             sets[spec_name(spec)] = ds
     return sets
