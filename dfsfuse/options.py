@@ -18,5 +18,5 @@ ONNX Runtime."""
 BENCH_DEFAULT_MODELS: Tuple[str, ...] = ("teacher", "student", "segmenter")
 """Models ``dfsfuse bench`` measures when ``--models`` is not given."""
 
-BASELINE_METHODS: Tuple[str, ...] = ("avg", "max", "ir", "vis")
+BASELINE_METHODS: Tuple[str, ...] = ("avg", "max", "ir", "vis", "max-gain", "poisson")
 """Every method :func:`dfsfuse.baselines.baseline_fusion` accepts."""

@@ -153,3 +153,35 @@ def test_models_saved_before_heads_existed_still_load(tmp_path):
     ir, vis = _scene(8, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ir, vis).fused, old.eval()(ir, vis).fused)
+
+
+def test_poisson_rule_reproduces_a_source_when_the_other_is_flat_and_keeps_both_edges():
+    import numpy as np
+
+    from dfsfuse.baselines import baseline_fusion, poisson_fusion
+
+    rng = np.random.default_rng(0)
+    a = rng.random((13, 17)) * 200
+    out = poisson_fusion(a, np.full_like(a, 7.0))
+    np.testing.assert_allclose(out - out.mean(), a - a.mean(), atol=1e-9)
+    # Two step edges, one per source, the dimmer one under the brighter source: both survive.
+    ir = np.full((20, 20), 200.0)
+    ir[:, 10:] = 150.0              # IR: a vertical edge, bright everywhere
+    vis = np.full((20, 20), 20.0)
+    vis[10:, :] = 60.0              # VIS: a horizontal edge, dim everywhere
+    fused = poisson_fusion(ir, vis)
+    assert np.ptp(baseline_fusion(ir, vis, "max")[:, 3]) == 0          # max loses the VIS edge
+    assert fused[15, 3] - fused[5, 3] == pytest.approx(40.0, abs=1e-6)  # Poisson keeps it
+    assert fused[5, 15] - fused[5, 3] == pytest.approx(-50.0, abs=1e-6)
+
+
+def test_max_gain_rule_is_a_contrast_stretch_of_max():
+    import numpy as np
+
+    from dfsfuse.baselines import CONTRAST_GAIN, baseline_fusion
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random((8, 9)) * 100 + 50, rng.random((8, 9)) * 100 + 50
+    m = np.maximum(a, b)
+    expected = np.clip(np.round(m.mean() + CONTRAST_GAIN * (m - m.mean())), 0, 255)
+    np.testing.assert_array_equal(baseline_fusion(a, b, "max-gain"), expected.astype(np.uint8))
