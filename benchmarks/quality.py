@@ -147,6 +147,7 @@ def labelled_grid(strips: Dict[str, np.ndarray], columns: List[str]) -> np.ndarr
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Evaluate, print the tables, write JSON and the image grid."""
     from dfsfuse.data.io import write_image
+    from dfsfuse.options import BASELINE_METHODS, STRETCH_MODES
     from dfsfuse.train.evaluate import BASELINES, evaluate_fusion
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -160,21 +161,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     parser.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="JSON report path")
     parser.add_argument("--png", type=Path, help="image grid path (default: the --json path with .png)")
+    parser.add_argument("--rules", default=",".join(BASELINES),
+                        help=f"rule baselines to score, comma-separated from {', '.join(BASELINE_METHODS)} "
+                             f"(default {','.join(BASELINES)})")
+    parser.add_argument("--stretch", choices=STRETCH_MODES, default="none",
+                        help="score fused images as saved (none, default) or min-max stretched (minmax)")
     args = parser.parse_args(argv)
+    rules = [r for r in args.rules.split(",") if r]
+    unknown = [r for r in rules if r not in BASELINE_METHODS]
+    if unknown:
+        parser.error(f"unknown rule {unknown[0]!r}; choose from {', '.join(BASELINE_METHODS)}")
     if args.max_images < 0:
         parser.error("--max-images must be 0 (all) or positive")
 
     datasets = find_datasets(args.data, args.dataset)
     models, info = load_models({"teacher": args.teacher, "student": args.student}, args.device)
     report = evaluate_fusion(models, datasets, torch.device(args.device), max_images=args.max_images,
-                             show_progress=sys.stderr.isatty())
+                             show_progress=sys.stderr.isatty(), baselines=rules, stretch=args.stretch)
     counts = {name: min(len(ds), args.max_images) if args.max_images else len(ds) for name, ds in datasets.items()}
     print_tables(report.metrics, counts)
 
     doc = {
         "settings": {"device": args.device, "torch_version": torch.__version__,
                      "python_version": platform.python_version(), "max_images": args.max_images,
-                     "methods": [*BASELINES, *models], "seconds": round(report.seconds, 2)},
+                     "methods": [*rules, *models], "stretch": args.stretch, "seconds": round(report.seconds, 2)},
         "models": info,
         "datasets": {name: {"path": str(ds.root.resolve()), "split": ds.split, "images": counts[name]}
                      for name, ds in datasets.items()},
@@ -185,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     tmp.replace(args.json)
     png = args.png or args.json.with_suffix(".png")
-    write_image(png, labelled_grid(report.strips, ["ir", "vis", *BASELINES, *models]))
+    write_image(png, labelled_grid(report.strips, ["ir", "vis", *rules, *models]))
     print(f"wrote {args.json} and {png}")
     return 0
 

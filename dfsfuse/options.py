@@ -20,3 +20,7 @@ BENCH_DEFAULT_MODELS: Tuple[str, ...] = ("teacher", "student", "segmenter")
 
 BASELINE_METHODS: Tuple[str, ...] = ("avg", "max", "ir", "vis", "max-gain", "poisson")
 """Every method :func:`dfsfuse.baselines.baseline_fusion` accepts."""
+
+STRETCH_MODES: Tuple[str, ...] = ("none", "minmax")
+"""Scoring conventions for fused images (:func:`dfsfuse.metrics.stretch.apply_stretch`): as saved, or
+min–max stretched per image as many papers' test scripts do."""

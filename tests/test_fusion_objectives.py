@@ -185,3 +185,43 @@ def test_max_gain_rule_is_a_contrast_stretch_of_max():
     m = np.maximum(a, b)
     expected = np.clip(np.round(m.mean() + CONTRAST_GAIN * (m - m.mean())), 0, 255)
     np.testing.assert_array_equal(baseline_fusion(a, b, "max-gain"), expected.astype(np.uint8))
+
+
+def test_minmax_stretch_convention():
+    import numpy as np
+
+    from dfsfuse.metrics import apply_stretch
+
+    f = np.array([[10.0, 20.0], [30.0, 60.0]])
+    np.testing.assert_array_equal(apply_stretch(f, "minmax"), np.round(255 * (f - 10) / 50))
+    np.testing.assert_array_equal(apply_stretch(f, "none"), f)
+    flat = np.full((3, 3), 42.0)
+    np.testing.assert_array_equal(apply_stretch(flat, "minmax"), flat)
+    with pytest.raises(ValueError, match="unknown stretch"):
+        apply_stretch(f, "gamma")
+
+
+def test_eval_cli_stretch_raises_sd_of_a_low_contrast_fusion(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dfsfuse.cli import main
+
+    rng = np.random.default_rng(0)
+    for sub in ("ir", "vi", "fused"):
+        (tmp_path / sub).mkdir()
+    ir = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    vi = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    fused = (100 + ((ir.astype(int) + vi) // 8)).astype(np.uint8)  # values in [100, 163]
+    for sub, img in (("ir", ir), ("vi", vi), ("fused", fused)):
+        Image.fromarray(img).save(tmp_path / sub / "a.png")
+    results = {}
+    for mode in ("none", "minmax"):
+        out = tmp_path / f"{mode}.json"
+        assert main(["eval", "--fused", str(tmp_path / "fused"), "--ir", str(tmp_path / "ir"),
+                     "--vi", str(tmp_path / "vi"), "--json", str(out), "--stretch", mode]) == 0
+        results[mode] = json.loads(out.read_text())["mean"]["SD"]
+    f = fused.astype(float)
+    stretched = np.round(255 * (f - f.min()) / np.ptp(f))
+    assert results["none"] == pytest.approx(fused.std(), rel=1e-6)
+    assert results["minmax"] == pytest.approx(stretched.std(), rel=1e-6)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Optional
 
 from ..atomic import write_text_atomic
 from ..data.errors import DatasetError
+from ..options import STRETCH_MODES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,11 +81,14 @@ def read_ir_8bit(path: Path, ir_range: Optional[IrRange] = None) -> np.ndarray:
     return to_uint8(read_ir(path, ir_range)).astype(np.float32)
 
 
-def read_triple(triple: Triple, ir_range: Optional[IrRange] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read F, A, B as float32 grey arrays; :class:`DatasetError` naming the file if sizes differ."""
+def read_triple(triple: Triple, ir_range: Optional[IrRange] = None,
+                stretch: str = "none") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read F, A, B as float32 grey arrays (F under the ``stretch`` convention); :class:`DatasetError`
+    naming the file if sizes differ."""
     from ..data.io import read_gray
+    from ..metrics.stretch import apply_stretch
 
-    f = read_gray(triple.fused)
+    f = apply_stretch(read_gray(triple.fused), stretch)
     a = read_ir_8bit(triple.ir, ir_range)
     b = read_gray(triple.vis)
     if a.shape != b.shape:
@@ -98,15 +102,15 @@ def _wh(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-def _batches(triples: list[Triple], batch_size: int,
-             ir_range: Optional[IrRange] = None) -> Iterator[tuple[list[str], tuple[np.ndarray, ...]]]:
+def _batches(triples: list[Triple], batch_size: int, ir_range: Optional[IrRange] = None,
+             stretch: str = "none") -> Iterator[tuple[list[str], tuple[np.ndarray, ...]]]:
     """Read triples and group consecutive same-size images into B×1×H×W stacks of at most ``batch_size``."""
     import numpy as np
 
     names: list[str] = []
     stack: list[tuple[np.ndarray, ...]] = []
     for triple in triples:
-        arrays = read_triple(triple, ir_range)
+        arrays = read_triple(triple, ir_range, stretch)
         if stack and (arrays[0].shape != stack[0][0].shape or len(stack) == batch_size):
             yield names, tuple(np.stack(x)[:, None] for x in zip(*stack))
             names, stack = [], []
@@ -118,10 +122,11 @@ def _batches(triples: list[Triple], batch_size: int,
 
 def evaluate_folders(
     triples: list[Triple], device: str = "cpu", batch_size: int = 4, progress: bool = False,
-    ir_range: Optional[IrRange] = None,
+    ir_range: Optional[IrRange] = None, stretch: str = "none",
 ) -> dict[str, dict[str, float]]:
     """Per-image metrics ``{name: {metric: value}}`` for every triple, in order (``ir_range``: see
-    :func:`read_ir_8bit`)."""
+    :func:`read_ir_8bit`; ``stretch``: the fused image's scoring convention, see
+    :func:`dfsfuse.metrics.stretch.apply_stretch`)."""
     from rich.progress import Progress
 
     from ..metrics import fusion_metrics_batch
@@ -129,7 +134,7 @@ def evaluate_folders(
     results: dict[str, dict[str, float]] = {}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(triples))
-        for names, (f, a, b) in _batches(triples, batch_size, ir_range):
+        for names, (f, a, b) in _batches(triples, batch_size, ir_range, stretch):
             values = fusion_metrics_batch(f, a, b, device=device)
             for i, name in enumerate(names):
                 results[name] = {k: float(v[i]) for k, v in values.items()}
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     triples = find_triples(args.fused, args.ir, args.vi)
     per_image = evaluate_folders(triples, device=device, batch_size=args.batch_size,
-                                 progress=len(triples) >= LARGE_SET, ir_range=args.ir_range)
+                                 progress=len(triples) >= LARGE_SET, ir_range=args.ir_range, stretch=args.stretch)
     acc = MetricAccumulator()
     for values in per_image.values():
         acc.update(values)
@@ -247,4 +252,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ir-range", type=ir_range_arg, default=None, metavar="SPEC",
                         help=f"convert 16-bit/float IR to 8 bits before scoring ({IR_RANGE_HELP}; use the SPEC given "
                              "to `dfsfuse fuse`); without it such IR is refused. 8-bit IR is always read as published")
+    parser.add_argument("--stretch", choices=STRETCH_MODES, default="none",
+                        help="scoring convention for the fused images: none (as saved, default) or minmax (each "
+                             "stretched to [0, 255] first, as many papers' test scripts do; raises EN/SD/SF/AG)")
     parser.set_defaults(func=run)

@@ -26,9 +26,12 @@ from .fusion import (
     vif,
 )
 from .segmentation import ConfusionMatrix
+from .stretch import STRETCH_MODES, apply_stretch
 
 __all__ = [
     "METRIC_NAMES",
+    "STRETCH_MODES",
+    "apply_stretch",
     "MIN_SIDE",
     "ConfusionMatrix",
     "MetricAccumulator",

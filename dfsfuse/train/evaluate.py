@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from ..baselines import baseline_fusion
 from ..data import PairedImages, SyntheticScenes
 from ..data.io import ImagePair, to_uint8
 from ..fuse import fuse_arrays
-from ..metrics import ConfusionMatrix, MetricAccumulator, fusion_metrics
+from ..metrics import ConfusionMatrix, MetricAccumulator, apply_stretch, fusion_metrics
 from ..models import profile
 
 BASELINES = ("avg", "max")
@@ -42,11 +42,13 @@ class EvalReport:
 
 
 def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImages], device: torch.device,
-                    max_images: int = 0, show_progress: bool = True) -> EvalReport:
-    """Score the baselines and each fusion model on every dataset (first ``max_images`` pairs, 0 = all)."""
+                    max_images: int = 0, show_progress: bool = True, baselines: Sequence[str] = BASELINES,
+                    stretch: str = "none") -> EvalReport:
+    """Score the rule ``baselines`` and each fusion model on every dataset (first ``max_images``
+    pairs, 0 = all), fused images scored as saved (``stretch="none"``) or min–max stretched."""
     report = EvalReport()
     t0 = time.time()
-    methods = list(BASELINES) + list(models)
+    methods = list(baselines) + list(models)
     for m in models.values():
         m.eval()
     total = sum(min(len(ds), max_images) if max_images else len(ds) for ds in datasets.values())
@@ -59,10 +61,10 @@ def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImag
                 s = ds[i]
                 ir, vis = s["ir"][0].numpy() * 255.0, s["vis_y"][0].numpy() * 255.0
                 ir, vis = np.round(ir).astype(np.float32), np.round(vis).astype(np.float32)
-                fused = {b: baseline_fusion(ir, vis, b) for b in BASELINES}
+                fused = {b: baseline_fusion(ir, vis, b) for b in baselines}
                 fused.update({m: fuse_gray(model, ir, vis) for m, model in models.items()})
                 for m in methods:
-                    acc[m].update(fusion_metrics(fused[m], ir, vis))
+                    acc[m].update(fusion_metrics(apply_stretch(fused[m], stretch), ir, vis))
                 if i == 0:
                     report.strips[name] = np.concatenate([ir, vis] + [fused[m] for m in methods], axis=1)
                 bar.advance(task)
