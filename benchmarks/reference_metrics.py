@@ -1,6 +1,6 @@
 """A straightforward numpy/scipy/scikit-image/scikit-learn fusion evaluator, the way papers compute it.
 
-Written from ``metrics-conventions.md``, one metric per function, float arrays H×W in [0, 255].
+Written from ``docs/metrics.md``, one metric per function, float arrays H×W in [0, 255].
 It is the baseline of ``benchmarks/metrics_speed.py`` and the independent oracle of
 ``tests/test_metrics.py``; nothing in :mod:`dfsfuse` imports it.
 """

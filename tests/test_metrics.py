@@ -44,7 +44,7 @@ PAIRS = {
 FUSIONS = ("avg", "max", "vis")
 CASES = [(d, n, m) for d, names in PAIRS.items() for n in names for m in FUSIONS]
 
-# metrics-conventions.md: MSRS test pair 00004N, F = round_half_even((A + B) / 2).
+# docs/metrics.md: MSRS test pair 00004N, F = round_half_even((A + B) / 2).
 WORKED_EXAMPLE = dict(
     EN=5.347274,
     SD=17.297302,

@@ -1,6 +1,6 @@
 """Reading and writing images the way published fusion tables do.
 
-The convention (``metrics-conventions.md``): every file is read as 8-bit colour (grey files
+The convention (``docs/metrics.md``): every file is read as 8-bit colour (grey files
 replicated to three channels), converted to float32, turned into BT.601 luma
 ``0.299 R + 0.587 G + 0.114 B`` computed in float32 and rounded half-to-even. Values stay in
 [0, 255].

@@ -1,6 +1,6 @@
 """The standard IR/VIS fusion metrics, batched in torch, matching the evaluator papers report.
 
-Conventions (``metrics-conventions.md``): images are grey levels in [0, 255] (never divided by
+Conventions (``docs/metrics.md``): images are grey levels in [0, 255] (never divided by
 255), argument order is fused F, IR A, VIS B, and every metric reproduces the widely copied
 evaluator to a relative tolerance of 1e-4. Precision-sensitive metrics (VIF, SSIM, MI and the
 moments) are computed in float64; Qabf keeps the evaluator's float32 intermediates.
