@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--modes", nargs="+", choices=MODES, metavar="MODE",
                         help=f"any of {', '.join(MODES)} (default: the preset's)")
     parser.add_argument("--reference-modes", nargs="+", choices=MODES, metavar="MODE",
-                        help="modes of the reference model (default: quick: eager; --full: the same as --modes)")
+                        help="modes of the reference model (default: the same as --modes when given, "
+                             "else quick: eager only; --full: every mode)")
     parser.add_argument("--sizes", nargs="+", default=["480x640"], metavar="HxW", help="input sizes (default 480x640)")
     parser.add_argument("--batches", nargs="+", type=int, metavar="B",
                         help=f"batch sizes (default: quick {' '.join(map(str, QUICK.batches))}, "
@@ -70,7 +71,9 @@ def config_from_args(args: argparse.Namespace):
     models += [f"student:width={w}" for w in args.student_widths]
     modes = args.modes or preset.modes or (quick_modes(args.device) if preset is QUICK else None)
     return BenchConfig(
-        models=models, modes=modes, reference_modes=pick(args.reference_modes, preset.reference_modes),
+        models=models, modes=modes,
+        # Modes asked for explicitly apply to the reference too, unless --reference-modes says otherwise.
+        reference_modes=args.reference_modes or (None if args.modes else preset.reference_modes),
         sizes=[parse_size(s) for s in args.sizes], batches=pick(args.batches, preset.batches),
         device=args.device, threads=args.threads, warmup=pick(args.warmup, preset.warmup),
         runs=pick(args.runs, preset.runs), max_seconds=pick(args.max_seconds, preset.max_seconds),
