@@ -115,9 +115,9 @@ class AblationSettings:
     batch_size: int = 4
     crop: int = 64
     lr: Optional[float] = None
-    curve_every: int = 20
+    curve_every: int = 25
     curve_images: int = 2
-    max_images: int = 4
+    max_images: int = 3
     eval_sets: Dict[str, str] = field(default_factory=dict)
     miou_set: str = "msrs_val"
     work_dir: str = "runs/ablation"
@@ -141,8 +141,9 @@ class AblationSettings:
 
 
 def fast_settings(**overrides: Any) -> AblationSettings:
-    """The CPU setting: 300 steps of batch 8 on 48-px crops, fidelity every 25 steps on 2 held-out
-    pairs, 3 held-out pairs per set (the whole ablation, 4 variants × 3 seeds, ≈ 25 min on 2 cores)."""
+    """The CPU setting: 200 steps of batch 4 on 64-px crops, fidelity every 25 steps on 2 held-out
+    pairs, 3 held-out pairs per set (the ablation, 4 variants × 3 seeds, ≈ 28 min on one free core;
+    ``--sizes``, 5 sizes × 2 variants × 1 seed of which 2 runs are reused, ≈ 17 min)."""
     return AblationSettings(**overrides)
 
 
@@ -511,23 +512,47 @@ def planned_runs(settings: AblationSettings) -> List[Tuple[Optional[str], str, i
     return [(s, v, seed) for s in students for v in settings.variants for seed in settings.seeds]
 
 
-# Seconds per student step at 64×64, batch 8, one thread, measured on the development machine
-# (2-core AMD EPYC, the lead's training run on the other core; teacher dim 16, student width 12,
-# msrs_cpu data): scaled linearly with crop area × batch. Eval: per run, per held-out pair.
-STEP_SECONDS_64x8 = {"alone": 0.10, "output": 0.25, "features": 0.30, "full": 0.75}
-EVAL_SECONDS_PER_PAIR = 1.6
+# Seconds per student step at 64×64, batch 4, on one free core of the development machine (2-core
+# AMD EPYC, teacher dim 16 — the msrs_cpu teacher —, student width 12, msrs_cpu data: the frozen
+# teacher's forward and the PNG decoding dominate, so 'alone' is not much cheaper). Measured at
+# 0.76–1.33 s/step for 'full' while other jobs held the machine at a load of 4–5 and scaled to one
+# free core; rough. Training cost scales with crop² × batch. Evaluation: per held-out pair, per
+# mIoU image, per (curve point × curve pair); setup: the teacher's fusion of each held-out pair.
+STEP_SECONDS = {"alone": 0.45, "output": 0.47, "features": 0.50, "full": 0.60}
+EVAL_SECONDS_PER_PAIR = 1.2
+MIOU_SECONDS_PER_IMAGE = 2.0
 CURVE_SECONDS_PER_PAIR = 0.35
+SETUP_SECONDS_PER_PAIR = 5.0
 
 
-def estimate_seconds(settings: AblationSettings, n_pairs: int, n_miou: int) -> float:
-    """A rough wall-time estimate of the whole benchmark on the CPU it was calibrated on (see constants)."""
-    scale = (settings.crop / 64) ** 2 * settings.batch_size / 8
-    total = 0.0
-    for _, variant, _ in planned_runs(settings):
-        total += settings.steps * STEP_SECONDS_64x8[variant] * scale
-        total += n_pairs * EVAL_SECONDS_PER_PAIR + n_miou * 1.5
+def finished_runs(settings: AblationSettings) -> List[Tuple[Optional[str], str, int]]:
+    """The planned runs already done with the same fingerprint (they will be reused, not retrained)."""
+    teacher_dir = Path(settings.teacher)
+    if not (teacher_dir / "config.json").is_file():
+        return []
+    teacher_id = teacher_digest(teacher_dir)
+    index = Path(settings.work_dir) / "index"
+    done = []
+    for student, variant, seed in planned_runs(settings):
+        cfg, _ = run_config(settings, variant, seed, student)
+        if (index / f"{_fingerprint(cfg, settings, teacher_id)}.json").is_file():
+            done.append((student, variant, seed))
+    return done
+
+
+def estimate_seconds(settings: AblationSettings, n_pairs: int, n_miou: int,
+                     skip: Sequence[Tuple[Optional[str], str, int]] = ()) -> float:
+    """A rough wall-time estimate of the whole benchmark (one free CPU core of the development
+    machine; see the constants), leaving out the runs in ``skip`` (reused)."""
+    scale = (settings.crop / 64) ** 2 * settings.batch_size / 4
+    total = n_pairs * SETUP_SECONDS_PER_PAIR
+    for run in planned_runs(settings):
+        if run in skip:
+            continue
+        variant = run[1]
+        total += settings.steps * STEP_SECONDS[variant] * scale + 5.0
+        total += n_pairs * EVAL_SECONDS_PER_PAIR + n_miou * MIOU_SECONDS_PER_IMAGE
         total += (settings.steps // settings.curve_every + 1) * min(settings.curve_images, n_pairs) * CURVE_SECONDS_PER_PAIR
-        total += 5.0  # setup, checkpoints
     return total
 
 
@@ -691,7 +716,9 @@ def _fmt(values: Sequence[float], metric: str) -> str:
     if not math.isfinite(mean):
         return "-"
     digits = 0 if metric == "steps_to_95" else 2 if metric == "fidelity_psnr" else 3
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    finite = sum(1 for v in values if v is not None and math.isfinite(v))
+    note = f" (n={finite})" if finite < len(values) else ""  # e.g. steps_to_95 undefined for some seeds
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{note}"
 
 
 def results_table(report: Dict[str, Any], metrics: Sequence[str] = MAIN_METRICS):
