@@ -44,6 +44,7 @@ from dfsfuse.ablation import (  # noqa: E402
     AblationSettings,
     estimate_seconds,
     fast_settings,
+    finished_runs,
     full_settings,
     open_eval_sets,
     planned_runs,
@@ -156,10 +157,12 @@ def print_plan(console: Console, settings: AblationSettings) -> None:
     n_pairs = sum(min(len(d), settings.max_images) if settings.max_images else len(d) for d in sets.values())
     miou = sets.get(settings.miou_set)
     n_miou = (min(len(miou), settings.max_images) if settings.max_images else len(miou)) if miou is not None else 0
-    seconds = estimate_seconds(settings, n_pairs, n_miou)
+    done = finished_runs(settings)
+    seconds = estimate_seconds(settings, n_pairs, n_miou, skip=done)
     what = f"{len(settings.students)} student size(s) × " if settings.students else ""
     console.print(f"[bold]ablation[/] ({settings.mode}): {len(runs)} runs = {what}{len(settings.variants)} variant(s) × "
-                  f"{len(settings.seeds)} seed(s); {settings.steps} steps of batch {settings.batch_size} on "
+                  f"{len(settings.seeds)} seed(s) ({len(done)} already done in {settings.work_dir}, reused); "
+                  f"{settings.steps} steps of batch {settings.batch_size} on "
                   f"{settings.crop}-px crops; teacher {settings.teacher}; config {settings.config}")
     for v in settings.variants:
         console.print(f"  {v:9s} {VARIANT_DESCRIPTIONS[v]}")
@@ -167,8 +170,8 @@ def print_plan(console: Console, settings: AblationSettings) -> None:
         console.print(f"  [dim]{v:9s} not run: {why}[/]")
     console.print(f"held-out: {', '.join(f'{k} ({len(d)} pairs)' for k, d in sets.items()) or 'none found'}; "
                   f"{n_pairs} pairs scored, mIoU on {settings.miou_set if miou is not None else '- (absent)'}")
-    console.print(f"estimated time: about {seconds / 60:.0f} min on one thread of the 2-core development CPU "
-                  f"(rough; scales with crop² × batch × steps)")
+    console.print(f"estimated time: about {seconds / 60:.0f} min on one free core of the 2-core development CPU "
+                  f"(rough; training scales with crop² × batch × steps; slower on a busy machine)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
