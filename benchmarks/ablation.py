@@ -7,10 +7,10 @@ through the recipe's own stage 2 (``dfsfuse.train.stages.distill_student``) from
 teacher; each scored on held-out pairs (fidelity to the teacher, standard metrics, the teacher
 segmenter's mIoU on MSRS val, steps to 95% of the final fidelity gain). See ``dfsfuse/ablation.py``::
 
-    OMP_NUM_THREADS=1 python benchmarks/ablation.py --teacher runs/msrs_cpu/teacher             # fast CPU setting
-    OMP_NUM_THREADS=1 python benchmarks/ablation.py --teacher runs/msrs_cpu/teacher --sizes     # quality per MAC
-    python benchmarks/ablation.py --full --teacher DIR                                           # GPU setting
-    python benchmarks/ablation.py --dry-run                                                      # the plan and a time estimate
+    OMP_NUM_THREADS=1 python benchmarks/ablation.py --teacher runs/msrs_cpu/teacher --threads 1          # fast CPU
+    OMP_NUM_THREADS=1 python benchmarks/ablation.py --teacher runs/msrs_cpu/teacher --threads 1 --sizes  # per MAC
+    python benchmarks/ablation.py --full --teacher DIR                                                  # GPU setting
+    python benchmarks/ablation.py --dry-run                                          # the plan and a time estimate
 
 Writes ``benchmarks/results/ablation.json`` (``{"settings": ..., "results": {variant: {metric:
 [one value per seed]}}}``) + ``ablation.png`` (held-out fidelity vs step), or with ``--sizes``
@@ -25,9 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -67,7 +66,8 @@ def default_teacher() -> Path:
 
 
 def default_config() -> Path:
-    """``msrs_cpu.yaml`` (real MSRS + RoadScene training pairs) where ``../shared/data`` exists, else ``default.yaml``."""
+    """``msrs_cpu.yaml`` (real MSRS + RoadScene training pairs) where ``../shared/data`` exists,
+    else ``default.yaml``."""
     configs = REPO / "recipes" / "configs"
     return configs / ("msrs_cpu.yaml" if (SHARED / "msrs" / "train").is_dir() else "default.yaml")
 
@@ -100,8 +100,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--teacher", type=Path, default=None,
                    help="exported teacher folder (with segmenter/); default dfsfuse/assets/teacher")
     p.add_argument("--config", type=Path, default=None,
-                   help="base YAML (default: recipes/configs/msrs_cpu.yaml when ../shared/data exists, else default.yaml)")
-    p.add_argument("--full", action="store_true", help="the GPU setting (4000 steps, 128-px crops, every held-out pair)")
+                   help="base YAML (default: recipes/configs/msrs_cpu.yaml when ../shared/data exists, "
+                        "else default.yaml)")
+    p.add_argument("--full", action="store_true",
+                   help="the GPU setting (4000 steps, 128-px crops, every held-out pair)")
     p.add_argument("--sizes", nargs="*", default=None, metavar="SPEC",
                    help="quality-per-MAC mode: students of several sizes (registry specs, default "
                         f"{' '.join(DEFAULT_SIZES)}), each trained 'full' and 'alone'")
@@ -160,7 +162,8 @@ def print_plan(console: Console, settings: AblationSettings) -> None:
     done = finished_runs(settings)
     seconds = estimate_seconds(settings, n_pairs, n_miou, skip=done)
     what = f"{len(settings.students)} student size(s) × " if settings.students else ""
-    console.print(f"[bold]ablation[/] ({settings.mode}): {len(runs)} runs = {what}{len(settings.variants)} variant(s) × "
+    console.print(f"[bold]ablation[/] ({settings.mode}): {len(runs)} runs = {what}"
+                  f"{len(settings.variants)} variant(s) × "
                   f"{len(settings.seeds)} seed(s) ({len(done)} already done in {settings.work_dir}, reused); "
                   f"{settings.steps} steps of batch {settings.batch_size} on "
                   f"{settings.crop}-px crops; teacher {settings.teacher}; config {settings.config}")
@@ -177,7 +180,7 @@ def print_plan(console: Console, settings: AblationSettings) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; 0 on success, 2 on bad input."""
     args = parse_args(argv)
-    console = Console(width=max(Console().width, 140))
+    console = Console(width=max(Console().width, 200))
     try:
         import torch
 

@@ -383,7 +383,8 @@ def _macro(per_set: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 
 def evaluate_student(student: nn.Module, segmenter: Optional[nn.Module], datasets: Dict[str, Any],
-                     pairs: Sequence[HeldoutPair], settings: AblationSettings, device: torch.device) -> Dict[str, float]:
+                     pairs: Sequence[HeldoutPair], settings: AblationSettings,
+                     device: torch.device) -> Dict[str, float]:
     """Fidelity to the teacher, the standard metrics and (where the labelled set exists) mIoU of one student."""
     from .train.evaluate import evaluate_fusion, evaluate_segmentation_real
 
@@ -393,7 +394,8 @@ def evaluate_student(student: nn.Module, segmenter: Optional[nn.Module], dataset
                              show_progress=False, baselines=())
     metrics = {"fidelity_psnr": psnr, "fidelity_ssim": ssim, **_macro(report.metrics["student"])}
     if segmenter is not None and settings.miou_set in datasets:
-        seg = evaluate_segmentation_real(segmenter, {"student": student}, {settings.miou_set: datasets[settings.miou_set]},
+        labelled = {settings.miou_set: datasets[settings.miou_set]}
+        seg = evaluate_segmentation_real(segmenter, {"student": student}, labelled,
                                          device, max_images=settings.max_images, show_progress=False)
         if settings.miou_set in seg:
             metrics["miou"] = float(seg[settings.miou_set]["miou"]["student"])
@@ -552,7 +554,8 @@ def estimate_seconds(settings: AblationSettings, n_pairs: int, n_miou: int,
         variant = run[1]
         total += settings.steps * STEP_SECONDS[variant] * scale + 5.0
         total += n_pairs * EVAL_SECONDS_PER_PAIR + n_miou * MIOU_SECONDS_PER_IMAGE
-        total += (settings.steps // settings.curve_every + 1) * min(settings.curve_images, n_pairs) * CURVE_SECONDS_PER_PAIR
+        points = settings.steps // settings.curve_every + 1
+        total += points * min(settings.curve_images, n_pairs) * CURVE_SECONDS_PER_PAIR
     return total
 
 
@@ -584,7 +587,8 @@ def reference_metrics(teacher: nn.Module, segmenter: Optional[nn.Module], datase
         accs.setdefault(p.dataset, MetricAccumulator()).update(fusion_metrics(p.teacher, p.ir, p.vis))
     out["teacher"] = _macro({name: acc.mean() for name, acc in accs.items()})
     if segmenter is not None and settings.miou_set in datasets:
-        seg = evaluate_segmentation_real(segmenter, {"teacher": teacher}, {settings.miou_set: datasets[settings.miou_set]},
+        labelled = {settings.miou_set: datasets[settings.miou_set]}
+        seg = evaluate_segmentation_real(segmenter, {"teacher": teacher}, labelled,
                                          device, max_images=settings.max_images, show_progress=False)
         for kind, value in seg.get(settings.miou_set, {}).get("miou", {}).items():
             out.setdefault(kind, {})["miou"] = float(value)
@@ -741,9 +745,9 @@ def results_table(report: Dict[str, Any], metrics: Sequence[str] = MAIN_METRICS)
     seeds = len(report["settings"].get("seeds", []))
     table = Table(title=f"held-out mean ± std over {seeds} seed(s)")
     for col in head:
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for m in present:
-        table.add_column(m, justify="right")
+        table.add_column(m, justify="right", no_wrap=True)
     for label, values in rows:
         table.add_row(*label, *(_fmt(values.get(m, []), m) for m in present))
     refs = report["settings"].get("references", {})
@@ -751,7 +755,8 @@ def results_table(report: Dict[str, Any], metrics: Sequence[str] = MAIN_METRICS)
         if name in refs:
             ref = refs[name]
             cells = [f"{ref[m]:.3f}" if isinstance(ref.get(m), (int, float)) else "" for m in present]
-            label = [name, f"{ref['gmac']:.2f}" if "gmac" in ref else "", "reference"] if sizes_mode else [f"{name} (reference)"]
+            gmac = f"{ref['gmac']:.2f}" if "gmac" in ref else ""
+            label = [name, gmac, "reference"] if sizes_mode else [f"{name} (reference)"]
             table.add_row(*label, *cells, style="dim")
     return table
 
