@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import SOBEL_X, resize_weight, sobel_gradients, weighted_mean
+
 __all__ = [
     "no_autocast",
     "resize_weight",
@@ -29,57 +31,12 @@ __all__ = [
     "FUSION_TERMS",
 ]
 
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-_EPS = 1e-12
+_SOBEL_X = SOBEL_X  # old private name (the kernel lives in dfsfuse.ops)
 
 
 def no_autocast(x: Tensor) -> torch.autocast:
     """Context that disables autocast on ``x``'s device (for float32-sensitive statistics)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
-
-
-def resize_weight(weight: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Resize a ``B×1×H×W`` weight map to ``size``: area average when shrinking, bilinear otherwise."""
-    size = (int(size[0]), int(size[1]))
-    h, w = weight.shape[-2:]
-    if (h, w) == size:
-        return weight
-    if h >= size[0] and w >= size[1]:
-        return F.adaptive_avg_pool2d(weight, size)
-    return F.interpolate(weight, size=size, mode="bilinear", align_corners=False)
-
-
-def weighted_mean(loss_map: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Mean of a ``B×C×H×W`` loss map, or ``sum(w·l) / (C·sum(w))`` with a ``B×1×h×w`` weight map.
-
-    Reduced in float32. The weight is broadcast over channels and resized to the loss map's
-    size with :func:`resize_weight` when needed, so a map of ones gives exactly the plain
-    mean and a map that is zero outside a region averages over that region only.
-    """
-    loss_map = loss_map.float()
-    if weight is None:
-        return loss_map.mean()
-    if weight.ndim != 4 or weight.shape[1] != 1 or weight.shape[0] != loss_map.shape[0]:
-        raise ValueError(
-            f"weight must be B×1×H×W with B={loss_map.shape[0]}, got {tuple(weight.shape)}"
-        )
-    weight = resize_weight(weight.float(), loss_map.shape[-2:])
-    den = weight.sum() * loss_map.shape[1]
-    return (loss_map * weight).sum() / den.clamp_min(_EPS)
-
-
-def sobel_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel Sobel derivatives ``(gx, gy)`` of ``B×C×H×W`` ``x``, same size as ``x``.
-
-    Borders use replicate padding, so a constant image has zero gradient everywhere
-    (zero padding would invent edges along the frame). Matches
-    ``scipy.ndimage.sobel(x, axis=-1 / -2, mode="nearest")``.
-    """
-    c = x.shape[1]
-    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
-    kernels = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)  # (2C)×1×3×3
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels, groups=c)
-    return g[:, 0::2], g[:, 1::2]
 
 
 def gradient_magnitude(x: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from .registry import (
     model_kind,
     register_model,
 )
-from .segmentation import Segmenter
+from .segmentation import FeatureSegHead, Segmenter
 from .sscm import SSCMFusion
 from .sspfusion import SSPFusion, SSPFusionOutput
 from .student import Student
@@ -38,6 +38,7 @@ __all__ = [
     "MODEL_KINDS",
     "SEGMENTATION",
     "ArchModule",
+    "FeatureSegHead",
     "FusionModel",
     "FusionOutput",
     "ModelProfile",

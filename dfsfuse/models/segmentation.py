@@ -77,3 +77,26 @@ class Segmenter(SegmentationModel):
         finest = self.reductions[0]
         features["head"] = crop_to(head, -(-height // finest), -(-width // finest))
         return SegmentationOutput(logits=crop_to(logits, height, width), features=features)
+
+
+class FeatureSegHead(nn.Module):
+    """Light segmentation head on fused features: two stride-2 3×3 blocks, a dilated one, 1×1 classifier.
+
+    SSVIF's feature-level segmentation (:mod:`dfsfuse.train.ssvif`). The logits are upsampled
+    bilinearly to the input's H×W, so they pair pixel by pixel with the segmenter's logits on
+    the fused image. Not registered: it is built inside the SSVIF objective, never exported.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvNormAct(in_channels, width, 3, stride=2),
+            ConvNormAct(width, width, 3, stride=2),
+            ConvNormAct(width, width, 3, dilation=2),
+        )
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """B×C×H×W fused features → B×K×H×W logits."""
+        logits = self.classifier(self.body(features))
+        return F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses.fusion import _SOBEL_X
-from ..losses.structure import structure_loss, structure_magnitude
+from ..ops import SOBEL_X, structure_loss, structure_magnitude
 from .blocks import ConvAct, FusionHead, crop_to, pad_to_multiple
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -58,13 +57,13 @@ class ResidualBlock(nn.Module):
 
 
 def sobel_signal(x: Tensor) -> Tensor:
-    """:func:`~dfsfuse.losses.structure.sobel_structure` of a one-channel map ``B×1×H×W`` → ``B×2×H×W``.
+    """:func:`~dfsfuse.ops.sobel_structure` of a one-channel map ``B×1×H×W`` → ``B×2×H×W``.
 
     The same numbers (same kernel, replicate borders, same convolution call), but the kernel
     is a fixed ``2×1×3×3`` tensor rather than one repeated per input channel: a kernel whose
     shape depends on a traced size cannot be exported to ONNX.
     """
-    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
+    kx = SOBEL_X.to(device=x.device, dtype=x.dtype)
     kernels = torch.stack([kx, kx.t()]).unsqueeze(1)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels)
 

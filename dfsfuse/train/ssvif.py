@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-from timm.layers import ConvNormAct
 from torch import Tensor, nn
 
 from ..losses import DynamicWeights, FusionLoss, cross_seg_consistency, total_loss
+from ..models.segmentation import FeatureSegHead  # lived here before; kept importable from this module
 from .config import LossConfig
 from .objectives import auxiliary_terms, fusion_loss_from
 
@@ -36,28 +35,6 @@ SSVIF_CONFIG_KEYS: tuple[str, ...] = (
     "consistency_dynamic",
 )
 """The ``loss.*`` config keys SSVIF reads (see :meth:`SSVIFObjective.from_config`)."""
-
-
-class FeatureSegHead(nn.Module):
-    """Light segmentation head on fused features: two stride-2 3×3 blocks, a dilated one, 1×1 classifier.
-
-    The logits are upsampled bilinearly to the input's H×W, so they pair pixel by pixel with
-    the segmenter's logits on the fused image.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            ConvNormAct(in_channels, width, 3, stride=2),
-            ConvNormAct(width, width, 3, stride=2),
-            ConvNormAct(width, width, 3, dilation=2),
-        )
-        self.classifier = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """B×C×H×W fused features → B×K×H×W logits."""
-        logits = self.classifier(self.body(features))
-        return F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class SSVIFObjective(nn.Module):
