@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..reduction import global_mean, global_sum, world_size
+
 __all__ = [
     "SEG_LOSS_MODES",
     "MSRS_TRAIN_CLASS_PIXELS",
@@ -143,11 +145,22 @@ def ohem_ce(
     (with ``class_weights``: ``Σ w·l / Σ w`` over the kept pixels, selection on the unweighted
     loss). Unlike SeAFusion's version, ignored pixels never count towards ``n_min``. All
     pixels ignored → 0 still connected to ``logits``.
+
+    Under ``torch.distributed`` (more than one rank) the selection is global: ``n_valid``,
+    ``n_min`` and the count of losses over the threshold are all-reduced, so every rank takes the
+    branch one process would take on the global batch; in the ``n_min`` branch the kept pixels
+    are those whose loss is at least the global ``n_min``-th largest (gathered from each rank's
+    top ``n_min``), and the mean divides by the global kept count / weight sum
+    (:func:`dfsfuse.reduction.global_mean`). The result equals the one-process loss and
+    gradient up to float rounding, except when losses tie exactly at the ``n_min``-th value
+    (one process keeps exactly ``n_min`` of the tied pixels, the ranks keep all of them).
     """
     _check_ohem(thresh, min_kept)
     logits = logits.float()
     loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none").flatten()
     valid = (labels != ignore_index).flatten()
+    if world_size() > 1:
+        return _ohem_distributed(logits, labels, loss, valid, thresh, min_kept, class_weights)
     n_valid = int(valid.sum())
     if n_valid == 0:
         return logits.sum() * 0.0
@@ -164,6 +177,41 @@ def ohem_ce(
     w = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
     w_pix = w[labels.flatten()[valid][keep]]
     return (valid_loss[keep] * w_pix).sum() / w_pix.sum().clamp_min(1e-12)
+
+
+def _ohem_distributed(
+    logits: Tensor,
+    labels: Tensor,
+    loss: Tensor,
+    valid: Tensor,
+    thresh: float,
+    min_kept: float,
+    class_weights: Optional[Union[Tensor, Sequence[float]]],
+) -> Tensor:
+    """:func:`ohem_ce` with the pixel selection and the mean taken over all ranks (collective)."""
+    valid_loss = loss[valid]
+    hard = valid_loss > -math.log(thresh)
+    counts = global_sum(torch.stack([valid.sum(), hard.sum()]).to(torch.int64))
+    n_valid, n_hard = int(counts[0]), int(counts[1])
+    if n_valid == 0:  # the same on every rank: no further collective is skipped by one rank only
+        return logits.sum() * 0.0
+    n_min = min(n_valid, max(1, math.ceil(min_kept * n_valid)))
+    if n_hard >= n_min:
+        keep = hard
+    else:
+        # the global top n_min lies in the union of the ranks' top n_min: gather those, take the n_min-th
+        top = torch.full((n_min,), -math.inf, device=loss.device)
+        k = min(n_min, valid_loss.numel())
+        top[:k] = valid_loss.detach().topk(k, sorted=False).values
+        parts = [torch.empty_like(top) for _ in range(world_size())]
+        torch.distributed.all_gather(parts, top)
+        kth = torch.cat(parts).topk(n_min, sorted=True).values[-1]
+        keep = valid_loss >= kth
+    if class_weights is None:
+        return global_mean(valid_loss[keep].sum(), keep.sum().to(valid_loss.dtype))
+    w = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    w_pix = w[labels.flatten()[valid][keep]]
+    return global_mean((valid_loss[keep] * w_pix).sum(), w_pix.sum())
 
 
 class SegmentationCE(nn.Module):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..reduction import global_mean
 from .class_balance import MSRS_CLASS_WEIGHTS, SEG_LOSS_MODES, SegmentationCE, ohem_ce
 from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill
 from .fusion import no_autocast, weighted_mean
@@ -77,6 +78,9 @@ def segmentation_ce(
     - ``None`` (default): ``"weighted"`` when ``class_weights`` are given, else ``"plain"``.
 
     When every pixel is ignored it returns 0 that is still connected to ``logits`` (no NaN).
+    Under ``torch.distributed`` the denominator (labelled pixels, or their class-weight sum) is
+    that of all ranks (:func:`dfsfuse.reduction.global_mean`): a DDP run on a mix of labelled
+    and unlabelled samples gives the gradients of one process on the global batch.
     """
     if mode is None:
         mode = "plain" if class_weights is None else "weighted"
@@ -101,7 +105,7 @@ def segmentation_ce(
         den = valid.sum().to(loss_sum.dtype)
     else:
         den = class_weights[labels[valid]].sum()
-    return loss_sum / den.clamp_min(1e-12)
+    return global_mean(loss_sum, den, 1e-12)
 
 
 def seg_kl(
