@@ -419,7 +419,7 @@ def test_ssvif_objective_on_a_label_free_training_batch(labelled_msrs, tmp_path,
     assert objective.warmup == _ssvif_yaml()["loss"]["consistency_warmup"] and objective.w_consistency == 0.5
     objective.set_step(objective.warmup)
     terms = objective(batch)
-    assert list(terms) == ["fusion", "consistency"]
+    assert list(terms) == ["fusion", "consistency", "diversity"]  # ssvif.yaml: the anti-collapse term is on
     assert all(torch.isfinite(v) and v > 0 for v in terms.values())
     sum(terms.values()).backward()
     assert objective.feature_head.classifier.weight.grad.abs().sum() > 0

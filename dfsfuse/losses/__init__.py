@@ -36,7 +36,9 @@ from .fusion import (
 from .semantic import (
     MSRS_CLASS_IMPORTANCE,
     DistilledSemanticLoss,
+    batch_class_diversity,
     cross_seg_consistency,
+    pixel_entropy,
     seg_kl,
     segmentation_ce,
     semantic_weight_map,
@@ -71,6 +73,8 @@ __all__ = [
     "MSRS_CLASS_WEIGHTS",
     "seg_kl",
     "cross_seg_consistency",
+    "batch_class_diversity",
+    "pixel_entropy",
     "DistilledSemanticLoss",
     "DynamicWeights",
     "total_loss",

@@ -3,6 +3,7 @@ cross-segmentation consistency (label-free, SSVIF)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..reduction import global_mean
+from ..reduction import global_mean, global_sum
 from .class_balance import MSRS_CLASS_WEIGHTS, SEG_LOSS_MODES, SegmentationCE, ohem_ce
 from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill
 from .fusion import no_autocast, weighted_mean
@@ -21,6 +22,8 @@ __all__ = [
     "segmentation_ce",
     "seg_kl",
     "cross_seg_consistency",
+    "batch_class_diversity",
+    "pixel_entropy",
     "DistilledSemanticLoss",
 ]
 
@@ -133,6 +136,34 @@ def cross_seg_consistency(
     log_b = F.log_softmax(logits_b.float() / T, dim=1)
     sym = 0.5 * ((log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(dim=1, keepdim=True)
     return (T * T) * weighted_mean(sym, weight)
+
+
+def batch_class_diversity(logits: Tensor, T: float = 1.0) -> Tensor:
+    """``KL(p̄ ‖ uniform) = log K − H(p̄)`` of the batch-mean class distribution ``p̄`` (IIC/SCAN-style).
+
+    ``p̄`` is the mean over every pixel of the batch of ``softmax(logits / T)`` (``B×K×H×W``
+    logits). 0 when the batch uses the classes evenly, ``log K`` when every pixel is sure of one
+    and the same class: the term that keeps a label-free segmenter (SSVIF's consistency, which
+    constant segmentations satisfy trivially) from collapsing. Under ``torch.distributed``
+    ``p̄`` is the mean over all ranks' pixels (differentiable all-reduce), so DDP gives the
+    one-process loss and gradient of the global batch.
+    """
+    probs = F.softmax(logits.float() / T, dim=1)
+    total = probs.sum(dim=(0, 2, 3))
+    count = torch.tensor(float(probs.numel() // probs.shape[1]), device=probs.device)
+    mean = global_sum(total) / global_sum(count)
+    k = probs.shape[1]
+    return math.log(k) + (mean * mean.clamp_min(1e-12).log()).sum()
+
+
+def pixel_entropy(logits: Tensor, T: float = 1.0, weight: Tensor | None = None) -> Tensor:
+    """Mean per-pixel entropy ``H(softmax(logits / T))`` (nats): low when each pixel is confident.
+
+    Minimising it (with :func:`batch_class_diversity` keeping the classes in use) makes a
+    label-free segmentation commit to classes instead of spreading probability.
+    """
+    log_p = F.log_softmax(logits.float() / T, dim=1)
+    return weighted_mean(-(log_p.exp() * log_p).sum(dim=1, keepdim=True), weight)
 
 
 class DistilledSemanticLoss(nn.Module):

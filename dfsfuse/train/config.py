@@ -120,6 +120,8 @@ class LossConfig:
     consistency_warmup: int = 0        # SSVIF: fusion-only steps before the joint stage
     consistency_temperature: float = 1.0
     consistency_dynamic: bool = True   # SSVIF: dynamic weights between "fusion" and "consistency"
+    consistency_diversity: float = 1.0  # SSVIF: anti-collapse KL(batch-mean class distribution ‖ uniform)
+    consistency_confidence: float = 0.0  # SSVIF: per-pixel entropy minimisation (off by default)
 
     def __post_init__(self) -> None:
         for key, allowed in (("intensity_target", ("max", "contrast")), ("gradient_mode", ("magnitude", "signed"))):

@@ -20,7 +20,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..losses import DynamicWeights, FusionLoss, cross_seg_consistency, total_loss
+from ..losses import (
+    DynamicWeights,
+    FusionLoss,
+    batch_class_diversity,
+    cross_seg_consistency,
+    pixel_entropy,
+    total_loss,
+)
 from ..models.segmentation import FeatureSegHead  # lived here before; kept importable from this module
 from .config import LossConfig
 from .objectives import auxiliary_terms, fusion_loss_from
@@ -33,6 +40,8 @@ SSVIF_CONFIG_KEYS: tuple[str, ...] = (
     "consistency_warmup",
     "consistency_temperature",
     "consistency_dynamic",
+    "consistency_diversity",
+    "consistency_confidence",
 )
 """The ``loss.*`` config keys SSVIF reads (see :meth:`SSVIFObjective.from_config`)."""
 
@@ -44,6 +53,11 @@ class SSVIFObjective(nn.Module):
     ``fusion`` (sum of the fusion loss's terms), ``aux_*`` (the fusion model's own losses,
     e.g. SSPFusion's structure loss) and ``consistency`` (``w · cross_seg_consistency`` of
     the feature-level and pixel-level segmentations; weight 0 before ``warmup`` steps).
+    Constant segmentations agree trivially, so with ``diversity > 0`` the term ``diversity``
+    (``w · ½ Σ batch_class_diversity``, KL of each segmentation's batch-mean class distribution
+    to uniform) keeps both using all classes, and with ``confidence > 0`` the term
+    ``confidence`` (``w · ½ Σ pixel_entropy``) makes each pixel commit to a class; both follow
+    the consistency's warm-up switch and are outside the dynamic weighting.
     Call :meth:`set_step` with the step about to run before each optimizer step.
 
     Attributes ``fusion`` and ``segmenter`` have the names :class:`TeacherObjective` uses, so
@@ -57,6 +71,8 @@ class SSVIFObjective(nn.Module):
         warmup: fusion-only steps before the joint stage.
         temperature: softmax temperature of the consistency term.
         head_width: channels of :class:`FeatureSegHead`.
+        diversity: weight of the anti-collapse batch class-diversity term (0: absent).
+        confidence: weight of the per-pixel entropy term (0: absent).
     """
 
     def __init__(
@@ -68,6 +84,8 @@ class SSVIFObjective(nn.Module):
         warmup: int = 0,
         temperature: float = 1.0,
         head_width: int = 32,
+        diversity: float = 0.0,
+        confidence: float = 0.0,
     ) -> None:
         super().__init__()
         if consistency <= 0:
@@ -76,6 +94,8 @@ class SSVIFObjective(nn.Module):
             raise ValueError(f"warmup must be non-negative, got {warmup}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if diversity < 0 or confidence < 0:
+            raise ValueError(f"diversity and confidence weights must be non-negative, got {diversity}, {confidence}")
         self.fusion = fusion
         self.segmenter = segmenter
         self.feature_head = FeatureSegHead(fusion.feature_channels["fusion"], segmenter.num_classes, head_width)
@@ -83,6 +103,8 @@ class SSVIFObjective(nn.Module):
         self.w_consistency = float(consistency)
         self.warmup = int(warmup)
         self.temperature = float(temperature)
+        self.w_diversity = float(diversity)
+        self.w_confidence = float(confidence)
         self.step = 0
 
     @classmethod
@@ -95,6 +117,8 @@ class SSVIFObjective(nn.Module):
             consistency=cfg.consistency,
             warmup=cfg.consistency_warmup,
             temperature=cfg.consistency_temperature,
+            diversity=cfg.consistency_diversity,
+            confidence=cfg.consistency_confidence,
         )
 
     def set_step(self, step: int) -> None:
@@ -116,10 +140,18 @@ class SSVIFObjective(nn.Module):
         feature_level = self.feature_head(out.features["fusion"])
         weight = self.w_consistency if self.joint else 0.0
         terms["consistency"] = weight * cross_seg_consistency(feature_level, pixel_level, T=self.temperature)
+        on = 1.0 if self.joint else 0.0
+        if self.w_diversity:
+            terms["diversity"] = on * self.w_diversity * 0.5 * (
+                batch_class_diversity(feature_level, self.temperature) + batch_class_diversity(pixel_level, self.temperature))
+        if self.w_confidence:
+            terms["confidence"] = on * self.w_confidence * 0.5 * (
+                pixel_entropy(feature_level, self.temperature) + pixel_entropy(pixel_level, self.temperature))
         return terms
 
     def extra_repr(self) -> str:
-        return f"consistency={self.w_consistency}, warmup={self.warmup}, temperature={self.temperature}"
+        return (f"consistency={self.w_consistency}, warmup={self.warmup}, temperature={self.temperature}, "
+                f"diversity={self.w_diversity}, confidence={self.w_confidence}")
 
 
 def ssvif_dynamic_weights(cfg: LossConfig) -> DynamicWeights | None:
