@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_text_atomic
+from .run_layout import RunLayout
 
 DISTILL_TERMS: Tuple[str, ...] = ("output", "feature", "frequency", "seg_kl", "seg_ce")
 """The teacher-dependent ``loss.*`` weights of the student stage."""
@@ -351,7 +352,7 @@ def _file_digest(paths: Sequence[Path]) -> str:
 def teacher_digest(teacher_dir: os.PathLike) -> str:
     """A short hash of the teacher's and its segmenter's weights (identifies cached runs)."""
     d = Path(teacher_dir)
-    return _file_digest([d / "model.safetensors", d / "segmenter" / "model.safetensors"])
+    return _file_digest([d / "model.safetensors", RunLayout.segmenter_of(d) / "model.safetensors"])
 
 
 def _fingerprint(cfg: Any, settings: AblationSettings, teacher_id: str) -> str:
@@ -445,7 +446,7 @@ def train_variant(settings: AblationSettings, variant: str, seed: int, run_dir: 
         accelerator.end_training()
     seconds = time.time() - t0
     student = accelerator.unwrap_model(student).eval()
-    terms = logged_terms(run_dir / "log.jsonl")
+    terms = logged_terms(RunLayout(run_dir).log)
     if check_terms and terms != expected_terms(variant, cfg):
         raise RuntimeError(f"{run_dir}: variant {variant!r} logged terms {terms}, "
                            f"expected {expected_terms(variant, cfg)}")
@@ -462,7 +463,7 @@ def fidelity_curve(run: TrainedRun, pairs: Sequence[HeldoutPair]) -> List[List[f
     initial.load_state_dict(run.initial)
     curve = [[0, *fidelity(initial, pairs)]]
     cfg_dict = run.cfg.to_dict()
-    for ckpt in checkpoint_dirs(run.run_dir / "checkpoints" / "student"):
+    for ckpt in checkpoint_dirs(RunLayout(run.run_dir).checkpoints("student")):
         step = int(ckpt.name.split("_")[1])
         curve.append([step, *fidelity(load_checkpoint_student(ckpt, cfg_dict).to(device), pairs)])
     return curve

@@ -31,10 +31,9 @@ from .export import (
     save_pretrained,
 )
 
+from .run_layout import COMPARISON_NAME, METRICS_NAME, SAMPLE_NAME, RunLayout, is_model_config  # noqa: F401
+
 ONNX_NAME = "model.onnx"
-SAMPLE_NAME = "sample.png"
-COMPARISON_NAME = "comparison.png"
-METRICS_NAME = "metrics.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 CARD_METHODS = ("avg", "max", "teacher", "student")
 DEFAULT_PROFILE_SIZE = (480, 640)
@@ -79,10 +78,12 @@ def _read_json(path: Path) -> Dict[str, Any]:
 
 
 def read_run_config(run_dir: PathLike) -> Dict[str, Any]:
-    """The ``config.json`` a training run wrote (``{"model": {"student": name, "student_kwargs": ...}, ...}``)."""
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: missing (not a dfsfuse training run folder)")
+    """The configuration a training run wrote (``{"model": {"student": name, "student_kwargs": ...}, ...}``):
+    its ``run_config.json``, or the ``config.json`` of runs written before that name existed."""
+    layout = RunLayout(run_dir)
+    path = layout.find_run_config()
+    if path is None:
+        raise ModelLoadError(f"{layout.run_config}: missing (not a dfsfuse training run folder)")
     config = _read_json(path)
     model = config.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("student"), str):
@@ -126,11 +127,11 @@ def student_state_from_checkpoint(weights: PathLike) -> Dict[str, torch.Tensor]:
 def load_checkpoint_student(checkpoint: PathLike, run_config: Optional[Dict[str, Any]] = None) -> nn.Module:
     """Rebuild the student of ``RUN/checkpoints/student/step_N`` from the run's config and load its weights."""
     checkpoint = Path(checkpoint)
-    run_dir = checkpoint.parent.parent.parent
-    if checkpoint.parent.name != "student":
+    layout, stage = RunLayout.from_checkpoint(checkpoint)
+    if stage != "student":
         raise ModelLoadError(f"{checkpoint}: not a student checkpoint (expected RUN/checkpoints/student/step_N)")
-    config = run_config if run_config is not None else read_run_config(run_dir)
-    model = _student_from_run_config(config, run_dir / CONFIG_NAME)
+    config = run_config if run_config is not None else read_run_config(layout.root)
+    model = _student_from_run_config(config, layout.find_run_config() or layout.run_config)
     weights = checkpoint / WEIGHTS_NAME
     return load_state_checked(model, student_state_from_checkpoint(weights), weights).eval()
 
@@ -176,31 +177,33 @@ def _same_weights(model: nn.Module, weights: Path) -> bool:
 
 def _run_source(run_dir: Path) -> StudentSource:
     config = read_run_config(run_dir)
-    metrics_path = run_dir / METRICS_NAME
-    student_dir = run_dir / "student"
+    layout = RunLayout(run_dir)
+    metrics_path = layout.metrics
+    student_dir = layout.student
     if (student_dir / CONFIG_NAME).is_file():
-        comparison = run_dir / COMPARISON_NAME
+        comparison = layout.comparison
         return StudentSource(model=from_pretrained(student_dir), label=f"run {run_dir.name} (final student)",
                              final=True, run_dir=run_dir, run_config=config,
                              metrics=_read_json(metrics_path) if metrics_path.is_file() else {},
                              step=_final_student_steps(config), comparison=comparison if comparison.is_file() else None)
-    found = _checkpoints(run_dir / "checkpoints" / "student")
+    found = _checkpoints(layout.checkpoints("student"))
     if not found:
         raise ModelLoadError(f"{run_dir}: no exported student/ folder and no student checkpoint in checkpoints/student/")
     return _checkpoint_source(found[-1], config)
 
 
 def _checkpoint_source(checkpoint: Path, config: Optional[Dict[str, Any]] = None) -> StudentSource:
-    run_dir = checkpoint.parent.parent.parent
-    if checkpoint.parent.name == "teacher":
+    layout, stage = RunLayout.from_checkpoint(checkpoint)
+    run_dir = layout.root
+    if stage == "teacher":
         raise ModelLoadError(f"{checkpoint}: a teacher checkpoint; export a student one (RUN/checkpoints/student/step_N)")
     config = config if config is not None else read_run_config(run_dir)
     model = load_checkpoint_student(checkpoint, config)
     step = _checkpoint_step(checkpoint)
     source = StudentSource(model=model, label=f"run {run_dir.name}, checkpoint step {step}",
                            run_dir=run_dir, run_config=config, step=step)
-    if _same_weights(model, run_dir / "student" / WEIGHTS_NAME):  # the final student: the run's report applies
-        metrics_path, comparison = run_dir / METRICS_NAME, run_dir / COMPARISON_NAME
+    if _same_weights(model, layout.student / WEIGHTS_NAME):  # the final student: the run's report applies
+        metrics_path, comparison = layout.metrics, layout.comparison
         source.final = True
         source.metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
         source.comparison = comparison if comparison.is_file() else None
@@ -213,12 +216,13 @@ def load_student_source(path: PathLike) -> StudentSource:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"{path}: not found (expected a training run, checkpoint or model folder)")
+    if RunLayout(path).is_run():
+        return _run_source(path)
     if (path / CONFIG_NAME).is_file():
-        config = _read_json(path / CONFIG_NAME)
-        if "architecture" not in config:
-            return _run_source(path)
-        if path.name == "student" and (path.parent / METRICS_NAME).is_file():
-            return _run_source(path.parent)
+        _read_json(path / CONFIG_NAME)  # one-line error when unreadable
+        run = RunLayout.from_model_dir(path)
+        if path.name == "student" and run is not None and run.metrics.is_file():
+            return _run_source(run.root)
         model = from_pretrained(path)
         return StudentSource(model=model, label=f"model folder {path.name}")
     if (path / WEIGHTS_NAME).is_file():

@@ -27,7 +27,8 @@ from rich.table import Table
 from dfsfuse.atomic import write_text_atomic
 from dfsfuse.card import render_card
 from dfsfuse.data.io import write_image
-from dfsfuse.export import save_pretrained
+from dfsfuse.export import CONFIG_NAME, save_pretrained
+from dfsfuse.run_layout import SAMPLE_NAME, RunLayout
 from dfsfuse.train.config import ConfigError, load_config
 from dfsfuse.train.evaluate import (
     comparison_image,
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> dict:
     config_path = args.config or Path(__file__).with_name("configs") / "default.yaml"
     cfg = load_config(config_path if config_path.is_file() else None, args.overrides)
     run_dir = prepare_run_dir(args.output, resume=args.resume, overwrite=args.overwrite)
+    layout = RunLayout(run_dir)
     accelerator = make_accelerator(cfg, run_dir)
     device = accelerator.device
     console = Console(quiet=not accelerator.is_main_process, width=max(Console().width, 130))
@@ -69,8 +71,8 @@ def run(args: argparse.Namespace) -> dict:
     teacher, segmenter, student = build_models(cfg)
 
     # Stage 1: teacher + segmenter (skipped with --teacher, or when a resumed run already exported it).
-    teacher_dir = args.teacher or run_dir / "teacher"
-    if args.teacher is None and not (args.resume and (teacher_dir / "config.json").is_file()):
+    teacher_dir = args.teacher or layout.teacher
+    if args.teacher is None and not (args.resume and (teacher_dir / CONFIG_NAME).is_file()):
         train_teacher(accelerator, cfg, teacher, segmenter, run_dir, resume=args.resume)
     teacher, segmenter = load_teacher(teacher_dir, device)
     console.print(f"teacher: {teacher_dir}")
@@ -94,17 +96,17 @@ def run(args: argparse.Namespace) -> dict:
         summaries = {name: model_summary(m, tuple(cfg.eval.latency_size), device, runs=cfg.eval.latency_runs)
                      for name, m in fusers.items()}
         if fusion.strips:
-            write_image(run_dir / "comparison.png", comparison_image(fusion.strips))
+            write_image(layout.comparison, comparison_image(fusion.strips))
             # The model card's sample shows only the first held-out set (the bundled MSRS pairs, MIT):
             # an exported folder must not carry images whose licence does not allow it.
             first = next(iter(fusion.strips))
-            write_image(run_dir / "sample.png", comparison_image({first: fusion.strips[first]}))
+            write_image(layout.sample, comparison_image({first: fusion.strips[first]}))
 
         # Stage 4: export the student (and record everything in metrics.json).
         training = {"datasets": [s.name or s.root for s in cfg.data.train] + (["synthetic scenes"] if cfg.data.synthetic else []),
                     "steps (teacher / student)": f"{cfg.stage_steps('teacher')} / {result.steps}",
                     "recipe": "recipes/distill.py", "config": cfg.to_dict()}
-        files = {"sample.png": run_dir / "sample.png"} if fusion.strips else {}
+        files = {SAMPLE_NAME: layout.sample} if fusion.strips else {}
         card_metrics = {m: fusion.metrics[m] for m in ("avg", "max", "teacher", "student") if m in fusion.metrics}
         report = {**card_metrics, "segmentation_miou": miou, "segmentation": segmentation, "models": summaries,
                   "eval_seconds": round(fusion.seconds, 1), "wall_time_s": round(time.time() - t_start, 1)}
@@ -112,13 +114,13 @@ def run(args: argparse.Namespace) -> dict:
         config = {"architecture": student.arch_name, "kwargs": student.arch_kwargs}
         seg_section = segmentation_markdown(segmentation)
         card = render_card("dfsfuse student", config, summary={**summaries["student"], "device": str(device)},
-                           metrics=card_metrics, training=training, sample_image="sample.png" if files else None,
+                           metrics=card_metrics, training=training, sample_image=SAMPLE_NAME if files else None,
                            sections={"Segmentation of its fusion": seg_section} if seg_section else None)
-        save_pretrained(student, run_dir / "student", card=card, files=files, role="student")
+        save_pretrained(student, layout.student, card=card, files=files, role="student")
         if args.teacher is None:  # this run trained the teacher (and segmenter): give them cards too
-            write_teacher_cards(run_dir / "teacher", teacher, segmenter, summaries["teacher"], card_metrics,
+            write_teacher_cards(layout.teacher, teacher, segmenter, summaries["teacher"], card_metrics,
                                 seg_section, training, device)
-        write_text_atomic(run_dir / "metrics.json", json.dumps(report, indent=2))
+        write_text_atomic(layout.metrics, json.dumps(report, indent=2))
         print_summary(console, report, run_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -148,11 +150,12 @@ def write_teacher_cards(folder: Path, teacher, segmenter, summary: dict, card_me
                        metrics=metrics, training=training,
                        sections={"Segmentation of its fusion": seg_section} if seg_section else None)
     write_text_atomic(folder / "README.md", card)
-    if segmenter is not None and (folder / "segmenter").is_dir():
+    seg_dir = RunLayout.segmenter_of(folder)
+    if segmenter is not None and seg_dir.is_dir():
         seg_config = {**segmenter.arch_config(), "kind": "segmentation"}
         card = render_card("dfsfuse segmenter", seg_config, training=training,
                            sections={"Held-out segmentation": seg_section} if seg_section else None)
-        write_text_atomic(folder / "segmenter" / "README.md", card)
+        write_text_atomic(seg_dir / "README.md", card)
 
 
 def print_summary(console: Console, report: dict, run_dir: Path) -> None:
@@ -179,7 +182,8 @@ def print_summary(console: Console, report: dict, run_dir: Path) -> None:
     for name, seg in report.get("segmentation", {}).items():
         console.print(f"segmenter mIoU on {name} (real labels), fed with: " +
                       ", ".join(f"{k} {v:.3f}" for k, v in seg["miou"].items()))
-    console.print(f"student written to [bold]{run_dir / 'student'}[/]; metrics in {run_dir / 'metrics.json'}; "
+    layout = RunLayout(run_dir)
+    console.print(f"student written to [bold]{layout.student}[/]; metrics in {layout.metrics}; "
                   f"finished in {report['wall_time_s']:.0f} s")
 
 

@@ -16,6 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dfsfuse"
 # layer (a module or package under dfsfuse) → dfsfuse modules it must not import
 FORBIDDEN = {
     "ops": ("data", "models", "losses", "metrics", "train", "export", "publish", "ablation", "cli", "commands"),
+    "run_layout": ("data", "models", "losses", "metrics", "train", "export", "publish", "ablation", "cli", "commands",
+                   "ops"),
     "models": ("losses", "metrics", "train", "export", "publish", "ablation", "cli", "commands"),
     "losses": ("models", "train", "export", "publish", "ablation", "cli", "commands"),
     "metrics": ("models", "losses", "train", "export", "publish", "ablation", "cli", "commands"),

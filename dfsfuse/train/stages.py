@@ -12,9 +12,10 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..export import from_pretrained, save_pretrained
+from ..export import CONFIG_NAME, from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
+from ..run_layout import RunLayout
 from .config import RunConfig
 from .data import build_train_dataset, collate_samples
 from .loop import StageResult, train_stage
@@ -43,7 +44,7 @@ def prepare_run_dir(output: Path, resume: bool, overwrite: bool) -> Path:
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
-    """An Accelerator that logs to ``run_dir/log.jsonl`` and splits each global batch across processes.
+    """An Accelerator that logs to the run's ``log.jsonl`` and splits each global batch across processes.
 
     Mixed precision and the process layout come from ``accelerate launch`` / the Accelerate
     config. ``split_batches`` makes ``batch_size`` the global batch, so a run on N processes
@@ -103,29 +104,29 @@ def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, 
     optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, _loader(cfg, cfg.teacher.batch_size))
     result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
-                         cfg.stage_steps("teacher"), cfg.train, run_dir / "checkpoints" / "teacher", resume=resume,
-                         dynamic=dynamic, on_step=accelerator.unwrap_model(objective).set_step if ssvif else None)
+                         cfg.stage_steps("teacher"), cfg.train, RunLayout(run_dir).checkpoints("teacher"),
+                         resume=resume, dynamic=dynamic, on_step=accelerator.unwrap_model(objective).set_step if ssvif else None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_teacher(accelerator.unwrap_model(objective), run_dir / "teacher", cfg, result)
+        export_teacher(accelerator.unwrap_model(objective), RunLayout(run_dir).teacher, cfg, result)
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
 
 
 def export_teacher(objective: nn.Module, out: Path, cfg: RunConfig, result: StageResult) -> None:
-    """Save the trained teacher to ``out`` and its segmenter to ``out/segmenter``."""
+    """Save the trained teacher to ``out`` and its segmenter beside it (``out/segmenter``, as in a run folder)."""
     extra = {"role": "teacher", "train_steps": result.steps, "train_config": cfg.to_dict()}
     save_pretrained(objective.fusion, out, **extra)
     if objective.segmenter is not None:
-        save_pretrained(objective.segmenter, out / "segmenter", role="segmenter", train_steps=result.steps)
+        save_pretrained(objective.segmenter, RunLayout.segmenter_of(out), role="segmenter", train_steps=result.steps)
 
 
 def load_teacher(folder: Path, device: torch.device) -> Tuple[nn.Module, Optional[nn.Module]]:
     """A teacher exported by stage 1 (and its segmenter, if saved beside it)."""
     teacher = from_pretrained(folder, device=device)
-    seg_dir = Path(folder) / "segmenter"
-    segmenter = from_pretrained(seg_dir, device=device) if (seg_dir / "config.json").is_file() else None
+    seg_dir = RunLayout.segmenter_of(folder)
+    segmenter = from_pretrained(seg_dir, device=device) if (seg_dir / CONFIG_NAME).is_file() else None
     return teacher, segmenter
 
 
@@ -157,7 +158,7 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
         return objective(batch, t_out, seg_t, segmenter)
 
     result = train_stage(accelerator, "student", objective, optimizer, loader, cfg.student,
-                         cfg.stage_steps("student"), cfg.train, run_dir / "checkpoints" / "student",
+                         cfg.stage_steps("student"), cfg.train, RunLayout(run_dir).checkpoints("student"),
                          resume=resume, dynamic=dynamic, forward=forward)
     accelerator.wait_for_everyone()
     accelerator.free_memory()

@@ -10,6 +10,8 @@ from typing import Any, Dict, Optional
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from ..run_layout import RunLayout
+
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -20,10 +22,11 @@ def _plain(value: Any) -> Any:
 
 
 class JSONLinesTracker(GeneralTracker):
-    """Appends one JSON object per ``accelerator.log`` call to ``<dir>/log.jsonl``.
+    """Appends one JSON object per ``accelerator.log`` call to the run's ``log.jsonl``.
 
     Lines carry ``step``, ``time`` (seconds since the tracker started) and the logged values;
-    the run configuration goes to ``<dir>/config.json`` via ``init_trackers``.
+    the run configuration goes to the run's ``run_config.json`` via ``init_trackers``
+    (paths from :class:`~dfsfuse.run_layout.RunLayout` of ``logging_dir``).
     """
 
     name = "jsonl"
@@ -35,8 +38,9 @@ class JSONLinesTracker(GeneralTracker):
     def __init__(self, run_name: str, logging_dir: str, **kwargs) -> None:
         super().__init__()
         self.run_name = run_name
-        self.dir = Path(logging_dir)
-        self.path = self.dir / "log.jsonl"
+        self.layout = RunLayout(logging_dir)
+        self.dir = self.layout.root
+        self.path = self.layout.log
         self._t0 = time.time()
 
     @property
@@ -46,7 +50,7 @@ class JSONLinesTracker(GeneralTracker):
     @on_main_process
     def store_init_configuration(self, values: Dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(json.dumps(values, indent=2, default=str))
+        self.layout.run_config.write_text(json.dumps(values, indent=2, default=str))
 
     @on_main_process
     def log(self, values: Dict[str, Any], step: Optional[int] = None, **kwargs) -> None:
