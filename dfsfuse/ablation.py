@@ -365,6 +365,8 @@ def _fingerprint(cfg: Any, settings: AblationSettings, teacher_id: str) -> str:
     with torch.device("meta"):
         config["model"]["student_arch"] = create_model(cfg.model.student, **cfg.model.student_kwargs).arch_config()
     del config["model"]["student"], config["model"]["student_kwargs"]
+    if config["train"].get("stage1") is None:  # unset (inferred): runs cached before the key existed still match
+        config["train"].pop("stage1", None)
     payload = {"config": config, "teacher": teacher_id, "eval_sets": settings.eval_sets,
                "max_images": settings.max_images, "curve_images": settings.curve_images,
                "miou_set": settings.miou_set, "torch": torch.__version__}

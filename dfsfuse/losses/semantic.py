@@ -228,6 +228,13 @@ class DistilledSemanticLoss(nn.Module):
         )
         self.frequency = FrequencyDistillLoss(wave=wave, levels=levels) if w_freq else None
 
+    @property
+    def term_names(self) -> list[str]:
+        """Names of the terms :meth:`forward` can return (those with a non-zero weight), in order."""
+        weights = (("output", self.w_output), ("feature", self.w_feature), ("frequency", self.w_freq),
+                   ("seg_kl", self.w_seg_kl), ("seg_ce", self.w_seg_ce))
+        return [name for name, w in weights if w]
+
     def forward(
         self,
         student_out: Any,

@@ -20,6 +20,10 @@ from typing import (
 import yaml
 
 
+STAGE1_MODES = ("fusion_seg", "ssvif")
+"""What stage 1 can train (``train.stage1``; see :attr:`RunConfig.stage1_mode`)."""
+
+
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the source and key."""
 
@@ -140,6 +144,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     on_nonfinite: str = "stop"         # "stop" or "skip"
+    stage1: Optional[str] = None       # "fusion_seg" or "ssvif"; unset: "ssvif" iff loss.consistency > 0
 
 
 @dataclass
@@ -153,6 +158,27 @@ class RunConfig:
     student: StageConfig = field(default_factory=StageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        mode, weight = self.train.stage1, self.loss.consistency
+        if mode is None:
+            return
+        if mode not in STAGE1_MODES:
+            raise ConfigError(f"train.stage1 must be one of {', '.join(STAGE1_MODES)}, got {mode!r}")
+        if mode == "ssvif" and not weight > 0:
+            raise ConfigError(f"train.stage1=ssvif needs loss.consistency > 0 (got {weight})")
+        if mode == "fusion_seg" and weight > 0:
+            raise ConfigError(f"train.stage1=fusion_seg contradicts loss.consistency={weight} (only SSVIF uses it): "
+                              f"set loss.consistency=0 or train.stage1=ssvif")
+
+    @property
+    def stage1_mode(self) -> str:
+        """What stage 1 trains: ``fusion_seg`` (fusion loss + segmentation CE on labels) or ``ssvif``
+        (label-free cross-segmentation consistency). ``train.stage1``, or for configs that do not
+        name it, ``ssvif`` exactly when ``loss.consistency > 0``."""
+        if self.train.stage1 is not None:
+            return self.train.stage1
+        return "ssvif" if self.loss.consistency > 0 else "fusion_seg"
 
     def stage_steps(self, stage: str) -> int:
         """Steps of ``stage`` ("teacher"/"student") after the ``train.max_steps`` cap."""

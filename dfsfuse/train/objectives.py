@@ -108,6 +108,12 @@ class StudentObjective(nn.Module):
         self.w_fusion = cfg.student_fusion
         self.needs_segmenter = cfg.semantic_weighting or cfg.seg_kl > 0 or cfg.seg_ce > 0
 
+    @property
+    def term_names(self) -> list:
+        """The weighted terms :meth:`forward` returns that dynamic weighting balances (``aux_*`` pass through)."""
+        fusion = [f"fusion_{n}" for n in self.fusion_loss.term_names] if self.w_fusion else []
+        return [*self.distill.term_names, *fusion]
+
     def forward(self, batch: dict, teacher_out, seg_teacher_logits: Optional[Tensor],
                 segmenter: Optional[nn.Module]) -> Dict[str, Tensor]:
         out = self.student(batch["ir"], batch["vis_y"])

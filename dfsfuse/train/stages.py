@@ -19,7 +19,7 @@ from ..run_layout import RunLayout
 from .config import RunConfig
 from .data import build_train_dataset, collate_samples
 from .loop import StageResult, train_stage
-from .objectives import StudentObjective, TeacherObjective, freeze, fusion_loss_from
+from .objectives import StudentObjective, TeacherObjective, freeze
 from .ssvif import SSVIFObjective, ssvif_dynamic_weights
 from .tracking import JSONLinesTracker
 
@@ -92,10 +92,10 @@ def _optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim
 
 def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: nn.Module,
                   run_dir: Path, resume: bool = False) -> StageResult:
-    """Stage 1: teacher and segmenter trained on the fusion loss + segmentation CE (or, with
-    ``loss.consistency > 0``, label-free SSVIF cross-segmentation consistency); exported to ``run_dir/teacher``."""
+    """Stage 1: teacher and segmenter trained on the fusion loss + segmentation CE (``train.stage1=fusion_seg``)
+    or label-free SSVIF cross-segmentation consistency (``ssvif``); exported to the run's ``teacher/``."""
     set_seed(cfg.train.seed, device_specific=True)
-    ssvif = cfg.loss.consistency > 0  # label-free SSVIF training instead of segmentation CE
+    ssvif = cfg.stage1_mode == "ssvif"  # label-free SSVIF training instead of segmentation CE
     if ssvif:
         objective = SSVIFObjective.from_config(teacher, segmenter, cfg.loss)
         dynamic = ssvif_dynamic_weights(cfg.loss)
@@ -145,11 +145,11 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
         raise ValueError("the semantic losses need a segmenter; train the teacher with loss.seg_ce > 0 "
                          "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0")
     objective = StudentObjective(student, teacher.feature_channels, cfg.loss)
+    dynamic = None
+    if cfg.loss.dynamic_weights:  # the objective names the terms it returns
+        dynamic = DynamicWeights(objective.term_names, temperature=cfg.loss.dynamic_temperature)
     optimizer = _optimizer(objective, cfg.student.lr, cfg.student.weight_decay)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, _loader(cfg, cfg.student.batch_size))
-    dynamic = None
-    if cfg.loss.dynamic_weights:
-        dynamic = DynamicWeights(_term_names(cfg), temperature=cfg.loss.dynamic_temperature)
 
     def forward(batch: dict):
         with torch.no_grad(), accelerator.autocast():
@@ -163,13 +163,3 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
-
-
-def _term_names(cfg: RunConfig) -> list:
-    """Names of the student-stage loss terms that the config switches on (for dynamic weighting)."""
-    c = cfg.loss
-    names = [n for n, w in (("output", c.output), ("feature", c.feature), ("frequency", c.frequency),
-                            ("seg_kl", c.seg_kl), ("seg_ce", c.seg_ce)) if w]
-    if c.student_fusion:
-        names += [f"fusion_{n}" for n in fusion_loss_from(c).term_names]
-    return names
