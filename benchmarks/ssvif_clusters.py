@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,11 +43,16 @@ def score(teacher: torch.nn.Module, segmenter: torch.nn.Module, data: PairedImag
             fused = teacher(s["ir"][None], s["vis_y"][None]).fused
             conf += cluster_confusion(segmenter(fused).logits, s["label"][None], 9, k)
     m = match_clusters(conf)
+    frac = conf.sum(axis=1) / max(conf.sum(), 1)
+    present = int((frac > 0).sum())
     usage = conf.sum(axis=0) / max(conf.sum(), 1)
     used = usage[usage > 0]
     return {"miou": m.miou, "pixel_accuracy": m.pixel_accuracy, "iou": m.iou, "mapping": m.mapping,
             "cluster_usage": usage.round(4).tolist(), "clusters_used": int((usage > 0.001).sum()),
-            "cluster_entropy_nats": float(-(used * np.log(used)).sum()), "max_entropy_nats": math.log(k)}
+            "cluster_entropy_nats": float(-(used * np.log(used)).sum()), "max_entropy_nats": math.log(k),
+            # every pixel "background" (class 0) scores IoU = its pixel share on class 0 and 0 elsewhere
+            "constant_prediction_miou": float(frac.max() / present) if present else float("nan"),
+            "confusion": conf.tolist()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         log = [json.loads(line) for line in (Path(tmp) / "log.jsonl").read_text().splitlines() if line.strip()]
     train_s = time.perf_counter() - t0
     result = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/ssvif_clusters.py " + " ".join(argv or []),
+        "command": "OMP_NUM_THREADS=1 python benchmarks/ssvif_clusters.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {"steps": args.steps, "warmup": args.warmup, "max_images": args.max_images, "val": args.val,
                      "overrides": overrides, "threads": torch.get_num_threads(),
                      "consistency": cfg.loss.consistency, "consistency_diversity": cfg.loss.consistency_diversity,
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for name in ("trained", "random_init"):
         r = result[name]
-        print(f"{name:12s} mIoU {r['miou']:.4f}  pixel acc {r['pixel_accuracy']:.4f}  "
+        print(f"{name:12s} mIoU {r['miou']:.4f} (constant prediction {r['constant_prediction_miou']:.4f})  pixel acc {r['pixel_accuracy']:.4f}  "
               f"clusters used {r['clusters_used']}  usage entropy {r['cluster_entropy_nats']:.3f}/{r['max_entropy_nats']:.3f}")
     print(f"train {train_s:.0f} s, total {result['wall_seconds']:.0f} s -> {out}")
     return 0

@@ -4,7 +4,8 @@ The data mixes labelled, partly labelled and unlabelled samples, placed so that 
 hold very different numbers of labelled pixels and weight sums (the case where per-rank means
 differ from the global mean). Each loss that averages over a mask or a weight map is checked:
 plain, class-weighted and OHEM segmentation CE (both OHEM branches), and ``weighted_mean``
-(through ``cross_seg_consistency`` and directly). The same script run with
+(through ``cross_seg_consistency`` and directly), and SSVIF's ``batch_class_diversity``
+(a non-linear function of the batch-mean class distribution). The same script run with
 ``DFS_LOCAL_REDUCTION=1`` (per-rank means, the old behaviour) must *not* match, so the test
 can fail.
 """
@@ -29,7 +30,7 @@ import contextlib, json, os, sys
 import torch
 import torch.distributed as dist
 from torch import nn
-from dfsfuse.losses import cross_seg_consistency, segmentation_ce, weighted_mean
+from dfsfuse.losses import batch_class_diversity, cross_seg_consistency, segmentation_ce, weighted_mean
 from dfsfuse.reduction import local_reduction
 
 out, steps = sys.argv[1], int(sys.argv[2])
@@ -41,7 +42,7 @@ torch.manual_seed(0)
 K, B, H = 5, 8, 12
 net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, K, 3, padding=1))
 model = nn.parallel.DistributedDataParallel(net) if distributed else net
-opt = torch.optim.SGD(model.parameters(), lr=0.5)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
 g = torch.Generator().manual_seed(1)
 x = torch.rand(steps, B, 2, H, H, generator=g)
@@ -66,6 +67,7 @@ for s in range(steps):
                                          class_weights=cw),
             "consistency": cross_seg_consistency(logits, logits.flip(-1), weight=w),
             "weighted_mean": weighted_mean(logits.square(), w),
+            "diversity": batch_class_diversity(logits),
         }
     loss = sum(terms.values())
     opt.zero_grad()
