@@ -105,6 +105,38 @@ def test_arch_config_is_recorded_for_direct_construction_and_builders() -> None:
     assert create_model("segmenter", out_indices=(2, 3, 4)).arch_kwargs["out_indices"] == [2, 3, 4]
 
 
+def test_named_variants_record_their_name_and_full_kwargs() -> None:
+    assert {"teacher_cpu", "student_w8", "student_w16"} <= set(list_models(FUSION))
+    assert create_model("student_w8").arch_config() == {
+        "architecture": "student_w8", "kwargs": {"width": 8, "norm": False, "head": "blend"}}
+    assert create_model("student_w16", head="residual").arch_kwargs == {"width": 16, "norm": False, "head": "residual"}
+    assert create_model("teacher_cpu", bottleneck_depth=1).arch_kwargs["dim"] == 16
+    assert model_from_config(create_model("student_w8").arch_config()).width == 8
+
+
+def test_kwargs_are_recorded_by_the_base_class_not_the_registry() -> None:
+    class Unregistered(FusionModel):
+        def __init__(self, width: int = 2, sizes: tuple = (1, 2)) -> None:
+            super().__init__()
+            self.width = width
+
+        @property
+        def feature_channels(self) -> dict:
+            return {}
+
+        def forward(self, ir, vis_y):
+            return FusionOutput(fused=ir)
+
+    class Child(Unregistered):
+        pass
+
+    assert Unregistered(width=3).arch_config() == {"architecture": "", "kwargs": {"width": 3, "sizes": [1, 2]}}
+    assert Child(width=5).arch_kwargs == {"width": 5, "sizes": [1, 2]}
+    from dfsfuse.models import Student
+
+    assert Student.registry_name == "student" and "registry_name" not in vars(FusionModel)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_small_odd_size(name: str) -> None:
     model = _build(name).eval()

@@ -21,6 +21,9 @@ Segmentation models take ``forward(image)`` with a B×1×H×W fused image in [0,
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import json
 from abc import ABCMeta, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -52,6 +55,14 @@ class SegmentationOutput:
     features: OrderedDict[str, Tensor] = field(default_factory=OrderedDict)
 
 
+def json_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Round-trip kwargs through JSON (tuples become lists); reject what JSON cannot hold."""
+    try:
+        return json.loads(json.dumps(kwargs, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"kwargs of model {name!r} must be JSON-serialisable: {exc}") from None
+
+
 class ArchModule(nn.Module, metaclass=ABCMeta):
     """Base of every registered network: it knows its registry name and constructor kwargs.
 
@@ -61,6 +72,30 @@ class ArchModule(nn.Module, metaclass=ABCMeta):
     """
 
     kind: ClassVar[str] = ""
+    registry_name: ClassVar[str] = ""
+    """The name :func:`~dfsfuse.models.register_model` registered this very class under ("" if none)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every subclass records, on instances of exactly that class, its registry name and the
+        bound constructor kwargs (defaults included, JSON-normalised): timm-style, no patching
+        by the registry."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def __init__(self: ArchModule, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self) is cls:  # the outermost class records; its parents' wrappers stay silent
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                recorded = dict(bound.arguments)
+                recorded.pop(next(iter(signature.parameters)))
+                name = cls.__dict__.get("registry_name", "")
+                self.arch_name = name
+                self.arch_kwargs = json_kwargs(name or cls.__name__, recorded)
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,15 +9,13 @@ name and its full constructor kwargs (defaults included, JSON-normalised), so
 
 from __future__ import annotations
 
-import functools
 import inspect
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from torch import nn
 
-from .outputs import MODEL_KINDS
+from .outputs import MODEL_KINDS, json_kwargs
 
 Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
@@ -36,34 +34,14 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def _json_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Round-trip kwargs through JSON (tuples become lists); reject what JSON cannot hold."""
-    try:
-        return json.loads(json.dumps(kwargs, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"kwargs of model {name!r} must be JSON-serialisable: {exc}") from None
+_json_kwargs = json_kwargs  # old private name
 
 
-def _record_arch(cls: type, name: str) -> None:
-    """Wrap ``cls.__init__`` so each instance stores ``arch_name`` and its bound kwargs."""
-    init = cls.__init__
-    signature = inspect.signature(init)
+def _check_explicit_kwargs(cls: type) -> None:
+    """A registered class takes explicit keyword arguments only (so its kwargs can be recorded)."""
+    signature = inspect.signature(cls.__init__)
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
         raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword arguments only")
-
-    @functools.wraps(init)
-    def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        # A registered subclass records its own name; the parent's wrapper stays silent.
-        if type(self) is cls:
-            bound = signature.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            recorded = dict(bound.arguments)
-            recorded.pop(next(iter(signature.parameters)))
-            self.arch_name = name
-            self.arch_kwargs = _json_kwargs(name, recorded)
-
-    cls.__init__ = __init__  # type: ignore[method-assign]
 
 
 def register_model(
@@ -86,7 +64,8 @@ def register_model(
         if previous is not None and _qualname(previous.builder) != _qualname(builder):
             raise ValueError(f"model name {name!r} is already registered by {_qualname(previous.builder)}")
         if isinstance(builder, type):
-            _record_arch(builder, name)
+            _check_explicit_kwargs(builder)
+            builder.registry_name = name  # ArchModule.__init_subclass__ records it on instances
         doc = inspect.getdoc(builder) or ""
         _REGISTRY[name] = ModelSpec(name, model_kind_, builder, doc.split("\n\n")[0].replace("\n", " "))
         return builder
@@ -129,8 +108,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     spec = get_model_spec(name)
     model = spec.builder(**kwargs)
     if getattr(model, "arch_name", "") != name:
+        # A builder function (e.g. a named variant such as ``student_w8``): the model answers to
+        # the builder's name, with the full kwargs its class recorded when it has them (the
+        # builder passes them through, so the config rebuilds it), else the kwargs given here.
+        recorded = getattr(model, "arch_kwargs", None) if getattr(model, "arch_name", "") else None
         model.arch_name = name
-        model.arch_kwargs = _json_kwargs(name, kwargs)
+        model.arch_kwargs = recorded if recorded is not None else _json_kwargs(name, kwargs)
     return model
 
 

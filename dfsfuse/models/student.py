@@ -81,3 +81,15 @@ class Student(FusionModel):
         decoder = self.decoder(torch.cat([fusion, enc_ir, enc_vis], dim=1))
         features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
         return FusionOutput(fused=self.head(decoder, ir, vis_y), features=features)
+
+
+@register_model("student_w8", kind="fusion")
+def student_w8(**kwargs) -> Student:
+    """The student at ``width=8``: the smallest size of the quality-per-MAC comparison."""
+    return Student(**{"width": 8, **kwargs})
+
+
+@register_model("student_w16", kind="fusion")
+def student_w16(**kwargs) -> Student:
+    """The student at ``width=16``: a larger student than the default (12)."""
+    return Student(**{"width": 16, **kwargs})

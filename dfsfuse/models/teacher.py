@@ -111,3 +111,13 @@ class Teacher(FusionModel):
             for name, t in (("enc_ir", enc_ir), ("enc_vis", enc_vis), ("fusion", fusion), ("decoder", decoder))
         )
         return FusionOutput(fused=fused, features=features)
+
+
+@register_model("teacher_cpu", kind="fusion")
+def teacher_cpu(**kwargs) -> Teacher:
+    """The teacher at ``dim=16`` (as ``recipes/configs/msrs_cpu.yaml``): about half the MACs, trains on a CPU.
+
+    A named variant, timm-style: ``create_model("teacher_cpu", **overrides)``; its ``arch_config()``
+    keeps the name and the full kwargs, so the folder it is saved to rebuilds it exactly.
+    """
+    return Teacher(**{"dim": 16, **kwargs})
