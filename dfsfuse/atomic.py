@@ -5,11 +5,13 @@ A crash, a Ctrl-C or an exception never leaves a half-written file under the fin
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,3 +44,20 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
 def write_text_atomic(path: PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (newlines written as given)."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``, recursively through
+    dicts, lists and tuples, so ``json.dumps(..., allow_nan=False)`` writes standard JSON (``null``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: PathLike, data: Any) -> Path:
+    """Write ``data`` as indented standard JSON (non-finite floats as ``null``) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n")

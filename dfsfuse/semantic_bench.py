@@ -16,7 +16,6 @@ Library behind ``dfsfuse segbench`` and ``benchmarks/semantic.py``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import atomic_path, write_bytes_atomic
+from .atomic import atomic_path, finite_json, write_json_atomic
 from .baselines import baseline_fusion
 from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
@@ -503,22 +502,12 @@ class SegBenchResult:
         }
         if len(self.seeds) > 1:
             out["miou_per_seed"] = {k.name: list(k.miou) for k in self.kinds}
-        return _finite(out)
+        return finite_json(out)
 
     def save_json(self, path: os.PathLike) -> Path:
         """Write :meth:`to_dict` as indented JSON, atomically."""
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        return write_bytes_atomic(Path(path), text.encode())
+        return write_json_atomic(path, self.to_dict())
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def pick_picture_index(split: LabelledSplit, name: Optional[str] = None) -> int:

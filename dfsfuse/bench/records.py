@@ -7,13 +7,12 @@ anything that only reads or writes benchmark JSON stay light.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..atomic import write_bytes_atomic
+from ..atomic import finite_json, write_json_atomic
 from ..options import BENCH_DEFAULT_MODELS as DEFAULT_MODELS
 from ..options import BENCH_MODES as MODES
 
@@ -346,7 +345,7 @@ class BenchResult:
 
     def to_dict(self) -> Dict[str, Any]:
         """``{"settings": …, "records": […], "speedups": […]}`` with finite numbers or ``None``."""
-        return _finite({
+        return finite_json({
             "settings": asdict(self.settings),
             "records": [asdict(r) for r in self.records],
             "speedups": [asdict(s) for s in self.speedups],
@@ -354,18 +353,8 @@ class BenchResult:
 
     def save_json(self, path: os.PathLike) -> Path:
         """Write :meth:`to_dict` as indented JSON, atomically."""
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        return write_bytes_atomic(Path(path), text.encode())
+        return write_json_atomic(path, self.to_dict())
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _reason(exc: BaseException) -> str:
