@@ -20,12 +20,11 @@ import math
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dfsfuse.data import PairedImages  # noqa: E402
@@ -119,36 +118,11 @@ def print_tables(metrics: Dict[str, Dict[str, Dict[str, float]]], counts: Dict[s
         Console(width=max(console.width, needed)).print(table)
 
 
-def labelled_grid(strips: Dict[str, np.ndarray], columns: List[str]) -> np.ndarray:
-    """:func:`comparison_image` of the strips with the column name on each panel and the dataset on each row."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from dfsfuse.train.evaluate import comparison_image
-
-    grid = Image.fromarray(comparison_image(strips))
-    draw = ImageDraw.Draw(grid)
-    try:
-        font = ImageFont.load_default(size=max(12, min(s.shape[0] for s in strips.values()) // 20))
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
-        font = ImageFont.load_default()
-    top = 0
-    for dataset, strip in strips.items():
-        panel = strip.shape[1] // len(columns)
-        for i, name in enumerate(columns):
-            label = f"{dataset}: {name}" if i == 0 else name
-            x, y = i * panel + 4, top + 4
-            box = draw.textbbox((x, y), label, font=font)
-            draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=0)
-            draw.text((x, y), label, fill=255, font=font)
-        top += strip.shape[0] + 4
-    return np.asarray(grid)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Evaluate, print the tables, write JSON and the image grid."""
     from dfsfuse.data.io import write_image
     from dfsfuse.options import BASELINE_METHODS, STRETCH_MODES
-    from dfsfuse.train.evaluate import BASELINES, evaluate_fusion
+    from dfsfuse.train.evaluate import BASELINES, comparison_image, evaluate_fusion
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", type=Path, help="exported teacher folder (model.safetensors + config.json)")
@@ -195,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     tmp.replace(args.json)
     png = args.png or args.json.with_suffix(".png")
-    write_image(png, labelled_grid(report.strips, ["ir", "vis", *rules, *models]))
+    write_image(png, comparison_image(report.strips, ["ir", "vis", *rules, *models]))
     print(f"wrote {args.json} and {png}")
     return 0
 

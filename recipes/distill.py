@@ -31,6 +31,7 @@ from dfsfuse.export import CONFIG_NAME, save_pretrained
 from dfsfuse.run_layout import SAMPLE_NAME, RunLayout
 from dfsfuse.train.config import ConfigError, load_config
 from dfsfuse.train.evaluate import (
+    BASELINES,
     comparison_image,
     evaluate_fusion,
     evaluate_segmentation,
@@ -96,11 +97,12 @@ def run(args: argparse.Namespace) -> dict:
         summaries = {name: model_summary(m, tuple(cfg.eval.latency_size), device, runs=cfg.eval.latency_runs)
                      for name, m in fusers.items()}
         if fusion.strips:
-            write_image(layout.comparison, comparison_image(fusion.strips))
+            columns = ["ir", "vis", *BASELINES, *fusers]
+            write_image(layout.comparison, comparison_image(fusion.strips, columns))
             # The model card's sample shows only the first held-out set (the bundled MSRS pairs, MIT):
             # an exported folder must not carry images whose licence does not allow it.
             first = next(iter(fusion.strips))
-            write_image(layout.sample, comparison_image({first: fusion.strips[first]}))
+            write_image(layout.sample, comparison_image({first: fusion.strips[first]}, columns))
 
         # Stage 4: export the student (and record everything in metrics.json).
         training = {"datasets": [s.name or s.root for s in cfg.data.train] + (["synthetic scenes"] if cfg.data.synthetic else []),

@@ -66,7 +66,7 @@ def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImag
                 for m in methods:
                     acc[m].update(fusion_metrics(apply_stretch(fused[m], stretch), ir, vis))
                 if i == 0:
-                    report.strips[name] = np.concatenate([ir, vis] + [fused[m] for m in methods], axis=1)
+                    report.strips[name] = colour_strip([ir, vis] + [fused[m] for m in methods], s["vis_cbcr"])
                 bar.advance(task)
             for m in methods:
                 report.metrics.setdefault(m, {})[name] = acc[m].mean()
@@ -128,11 +128,51 @@ def evaluate_segmentation_real(segmenter: nn.Module, fusers: Dict[str, nn.Module
     return out
 
 
-def comparison_image(strips: Dict[str, np.ndarray]) -> np.ndarray:
-    """Stack per-dataset strips (IR | VIS | avg | max | teacher | student) into one 8-bit grey image."""
-    width = max(s.shape[1] for s in strips.values())
-    rows = [np.pad(s, ((0, 4), (0, width - s.shape[1]))) for s in strips.values()]
-    return to_uint8(np.concatenate(rows, axis=0))
+def colour_strip(panels: Sequence[np.ndarray], vis_cbcr: torch.Tensor) -> np.ndarray:
+    """Panels (H×W grey levels in [0, 255]: IR first, then VIS and fusions) side by side as one
+    H×(n·W)×3 RGB strip: IR stays grey, every other panel gets the visible image's chroma back
+    (the way `dfsfuse fuse` writes a colour fusion)."""
+    from ..data.color import colorize
+
+    out = [np.repeat(np.asarray(panels[0], np.float32)[..., None], 3, axis=2)]
+    cbcr = vis_cbcr.float()
+    for panel in panels[1:]:
+        y = torch.from_numpy(np.asarray(panel, np.float32) / 255.0)[None]
+        out.append(colorize(y, cbcr).permute(1, 2, 0).numpy() * 255.0)
+    return np.concatenate(out, axis=1)
+
+
+def comparison_image(strips: Dict[str, np.ndarray], columns: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Stack per-dataset strips (IR | VIS | rules | models, grey or RGB) into one 8-bit RGB image.
+
+    Rows are scaled to a common width (no padding between or beside them); with ``columns`` each
+    panel is labelled with its method, the first with the dataset too.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = [Image.fromarray(to_uint8(s if s.ndim == 3 else np.repeat(s[..., None], 3, axis=2))) for s in strips.values()]
+    width = max(r.width for r in rows)
+    rows = [r if r.width == width else r.resize((width, round(r.height * width / r.width)), Image.BILINEAR)
+            for r in rows]
+    grid = Image.new("RGB", (width, sum(r.height for r in rows)))
+    top = 0
+    draw = ImageDraw.Draw(grid)
+    for (dataset, _), row in zip(strips.items(), rows):
+        grid.paste(row, (0, top))
+        if columns:
+            try:
+                font = ImageFont.load_default(size=max(12, row.height // 20))
+            except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
+                font = ImageFont.load_default()
+            panel = width / len(columns)
+            for i, name in enumerate(columns):
+                label = f"{dataset}: {name}" if i == 0 else name
+                x, y = int(i * panel) + 4, top + 4
+                box = draw.textbbox((x, y), label, font=font)
+                draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+                draw.text((x, y), label, fill=(255, 255, 255), font=font)
+        top += row.height
+    return np.asarray(grid)
 
 
 def model_summary(model: nn.Module, size: Tuple[int, int], device: Optional[torch.device] = None,
