@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import SOBEL_X, resize_weight, sobel_gradients, weighted_mean
+from .quality import qabf_loss, vif_loss
 
 __all__ = [
     "no_autocast",
@@ -170,8 +171,6 @@ class FusionLoss(nn.Module):
     def forward(
         self, fused: Tensor, ir: Tensor, vis_y: Tensor, weight: Tensor | None = None
     ) -> dict[str, Tensor]:
-        from .quality import qabf_loss, vif_loss  # quality imports this module
-
         terms: dict[str, Tensor] = {}
         if self.w_intensity:
             if self.intensity_target == "max":

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fusion import sobel_gradients
+from ..ops import sobel_gradients
 
 __all__ = ["qabf_map", "qabf_loss", "vif_loss"]
 

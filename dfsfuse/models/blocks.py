@@ -87,11 +87,9 @@ class FusionHead(nn.Module):
 
     def __init__(self, in_channels: int, kind: str = "blend", sharpness: float = 20.0) -> None:
         super().__init__()
-        if kind not in HEADS:
-            raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+        self.conv = OutputHead(in_channels, out_channels=head_channels(kind))  # validates kind
         self.kind = kind
         self.sharpness = float(sharpness)
-        self.conv = OutputHead(in_channels, out_channels=head_channels(kind))
 
     def forward(self, x: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
         """Fused B×1×H×W image from the B×C×H'×W' map ``x`` (H' ≥ H, W' ≥ W)."""
