@@ -35,7 +35,6 @@ from dfsfuse.train.evaluate import (
     comparison_image,
     evaluate_fusion,
     evaluate_segmentation,
-    evaluate_segmentation_real,
     model_summary,
 )
 from dfsfuse.train.data import build_eval_sets
@@ -87,13 +86,12 @@ def run(args: argparse.Namespace) -> dict:
         # Stage 3: evaluate on held-out real pairs (never trained on) and held-out synthetic scenes.
         eval_sets = build_eval_sets(cfg.eval)
         fusers = {"teacher": teacher.eval(), "student": student}
-        fusion = evaluate_fusion(fusers, eval_sets, device, max_images=cfg.eval.max_images)
+        # With the segmenter, labelled held-out sets (MSRS val/test) are also segmented, fed with each input.
+        fusion = evaluate_fusion(fusers, eval_sets, device, max_images=cfg.eval.max_images, segmenter=segmenter)
+        segmentation = fusion.segmentation
         miou = evaluate_segmentation(segmenter, fusers, cfg.eval.synthetic, cfg.eval.synthetic_size,
                                      seed=cfg.train.seed + 10_000, device=device) \
             if segmenter is not None and cfg.eval.synthetic > 0 else {}
-        # Real labels where a held-out set has them (MSRS val/test): the segmenter fed with each input.
-        segmentation = evaluate_segmentation_real(segmenter, fusers, eval_sets, device,
-                                                  max_images=cfg.eval.max_images) if segmenter is not None else {}
         summaries = {name: model_summary(m, tuple(cfg.eval.latency_size), device, runs=cfg.eval.latency_runs)
                      for name, m in fusers.items()}
         if fusion.strips:

@@ -38,14 +38,19 @@ class EvalReport:
     metrics: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)
     miou: Dict[str, float] = field(default_factory=dict)
     strips: Dict[str, np.ndarray] = field(default_factory=dict)
+    segmentation: Dict[str, Dict[str, dict]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
 def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImages], device: torch.device,
                     max_images: int = 0, show_progress: bool = True, baselines: Sequence[str] = BASELINES,
-                    stretch: str = "none") -> EvalReport:
+                    stretch: str = "none", segmenter: Optional[nn.Module] = None) -> EvalReport:
     """Score the rule ``baselines`` and each fusion model on every dataset (first ``max_images``
-    pairs, 0 = all), fused images scored as saved (``stretch="none"``) or min–max stretched."""
+    pairs, 0 = all), fused images scored as saved (``stretch="none"``) or min–max stretched.
+
+    With a ``segmenter``, every labelled set also gets ``report.segmentation[set]`` (see
+    :func:`evaluate_segmentation_real`), computed on the same 8-bit fusions (no second forward).
+    """
     report = EvalReport()
     t0 = time.time()
     methods = list(baselines) + list(models)
@@ -56,6 +61,9 @@ def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImag
         task = bar.add_task("evaluating", total=total)
         for name, ds in datasets.items():
             acc = {m: MetricAccumulator() for m in methods}
+            seg_kinds = [*models, "max", "ir", "vis"]
+            matrices = {k: ConfusionMatrix(num_classes=_NUM_CLASSES) for k in seg_kinds} \
+                if segmenter is not None and getattr(ds, "has_labels", False) else None
             n = min(len(ds), max_images) if max_images else len(ds)
             for i in range(n):
                 s = ds[i]
@@ -65,11 +73,16 @@ def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImag
                 fused.update({m: fuse_gray(model, ir, vis) for m, model in models.items()})
                 for m in methods:
                     acc[m].update(fusion_metrics(apply_stretch(fused[m], stretch), ir, vis))
+                if matrices is not None:
+                    images = {k: fused[k] if k in fused else baseline_fusion(ir, vis, k) for k in seg_kinds}
+                    _segment_into(matrices, segmenter, images, s["label"], device)
                 if i == 0:
                     report.strips[name] = colour_strip([ir, vis] + [fused[m] for m in methods], s["vis_cbcr"])
                 bar.advance(task)
             for m in methods:
                 report.metrics.setdefault(m, {})[name] = acc[m].mean()
+            if matrices is not None:
+                report.segmentation[name] = _iou_report(matrices)
     report.seconds = time.time() - t0
     return report
 
@@ -91,6 +104,28 @@ def evaluate_segmentation(segmenter: nn.Module, fusers: Dict[str, nn.Module], co
     return {k: cm.miou() for k, cm in matrices.items()}
 
 
+_NUM_CLASSES = 9
+
+
+@torch.inference_mode()
+def _segment_into(matrices: Dict[str, ConfusionMatrix], segmenter: nn.Module, images: Dict[str, np.ndarray],
+                  label: torch.Tensor, device: torch.device) -> None:
+    """Segment each H×W 8-bit grey image of ``images`` and add it to its kind's confusion matrix."""
+    segmenter.eval()
+    target = label[None].to(device)
+    for kind, image in images.items():
+        x = torch.from_numpy(np.asarray(image, np.float32) / 255.0)[None, None].to(device)
+        matrices[kind].update(segmenter(x).logits.argmax(1), target)
+
+
+def _iou_report(matrices: Dict[str, ConfusionMatrix]) -> dict:
+    from ..data.synthetic import CLASS_NAMES
+
+    return {"miou": {k: cm.miou() for k, cm in matrices.items()},
+            "iou": {k: {CLASS_NAMES[c]: float(v) for c, v in enumerate(cm.iou().tolist())}
+                    for k, cm in matrices.items()}}
+
+
 @torch.inference_mode()
 def evaluate_segmentation_real(segmenter: nn.Module, fusers: Dict[str, nn.Module],
                                datasets: Dict[str, PairedImages], device: torch.device, max_images: int = 0,
@@ -100,31 +135,23 @@ def evaluate_segmentation_real(segmenter: nn.Module, fusers: Dict[str, nn.Module
 
     Returns ``{set: {"miou": {input: m}, "iou": {input: {class: iou}}}}``; sets without labels are left out.
     """
-    from ..data.synthetic import CLASS_NAMES
-
     out: Dict[str, Dict[str, dict]] = {}
-    segmenter.eval()
     labelled = {k: ds for k, ds in datasets.items() if getattr(ds, "has_labels", False)}
     total = sum(min(len(ds), max_images) if max_images else len(ds) for ds in labelled.values())
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task("segmenting", total=total)
         for name, ds in labelled.items():
-            kinds = [*fusers, "max", "ir", "vis"]
-            matrices = {k: ConfusionMatrix(num_classes=num_classes) for k in kinds}
+            matrices = {k: ConfusionMatrix(num_classes=num_classes) for k in [*fusers, "max", "ir", "vis"]}
             n = min(len(ds), max_images) if max_images else len(ds)
             for i in range(n):
                 s = ds[i]
-                ir = torch.round(s["ir"][None] * 255).to(device) / 255
-                vis = torch.round(s["vis_y"][None] * 255).to(device) / 255
-                inputs = {k: torch.round(m(ir, vis).fused * 255) / 255 for k, m in fusers.items()}
-                inputs.update(max=torch.maximum(ir, vis), ir=ir, vis=vis)
-                label = s["label"][None].to(device)
-                for k, image in inputs.items():
-                    matrices[k].update(segmenter(image).logits.argmax(1), label)
+                ir = np.round(s["ir"][0].numpy() * 255.0).astype(np.float32)
+                vis = np.round(s["vis_y"][0].numpy() * 255.0).astype(np.float32)
+                images = {k: fuse_gray(m, ir, vis) for k, m in fusers.items()}
+                images.update(max=baseline_fusion(ir, vis, "max"), ir=ir, vis=vis)
+                _segment_into(matrices, segmenter, images, s["label"], device)
                 bar.advance(task)
-            out[name] = {"miou": {k: cm.miou() for k, cm in matrices.items()},
-                         "iou": {k: {CLASS_NAMES[c]: float(v) for c, v in enumerate(cm.iou().tolist())}
-                                 for k, cm in matrices.items()}}
+            out[name] = _iou_report(matrices)
     return out
 
 
