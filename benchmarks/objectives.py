@@ -18,7 +18,6 @@ Writes ``benchmarks/results/objectives.json`` and a PNG of ``max`` next to each 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -95,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from dfsfuse.atomic import write_json_atomic
     from dfsfuse.data.io import write_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -144,10 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "machine": platform.processor() or platform.machine(), "wall_time_s": round(time.time() - t0, 1),
                         "stretch": "none"},
            "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(f".{args.json.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(args.json)
+    write_json_atomic(args.json, doc)
     write_image(args.json.with_suffix(".png"), np.concatenate(picture, 0).clip(0, 255).astype(np.uint8))
     print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
     return 0

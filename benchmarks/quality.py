@@ -15,7 +15,6 @@ under ``--data`` (``../shared/data`` next to the repository), whichever exist.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -81,14 +80,6 @@ def load_models(paths: Dict[str, Optional[Path]], device: str) -> Tuple[Dict[str
     return models, info
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
-
-
 def print_tables(metrics: Dict[str, Dict[str, Dict[str, float]]], counts: Dict[str, int]) -> None:
     """One rich table per dataset: methods as rows, metrics as columns, the best value in bold."""
     from rich.console import Console
@@ -120,6 +111,7 @@ def print_tables(metrics: Dict[str, Dict[str, Dict[str, float]]], counts: Dict[s
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Evaluate, print the tables, write JSON and the image grid."""
+    from dfsfuse.atomic import write_json_atomic
     from dfsfuse.data.io import write_image
     from dfsfuse.options import BASELINE_METHODS, STRETCH_MODES
     from dfsfuse.train.evaluate import BASELINES, comparison_image, evaluate_fusion
@@ -162,12 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "models": info,
         "datasets": {name: {"path": str(ds.root.resolve()), "split": ds.split, "images": counts[name]}
                      for name, ds in datasets.items()},
-        "metrics": _clean(report.metrics),
+        "metrics": report.metrics,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(f".{args.json.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    tmp.replace(args.json)
+    write_json_atomic(args.json, doc)  # NaN (e.g. SCD of a copied input) as null
     png = args.png or args.json.with_suffix(".png")
     write_image(png, comparison_image(report.strips, ["ir", "vis", *rules, *models]))
     print(f"wrote {args.json} and {png}")
