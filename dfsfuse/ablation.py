@@ -352,7 +352,7 @@ def _file_digest(paths: Sequence[Path]) -> str:
 def teacher_digest(teacher_dir: os.PathLike) -> str:
     """A short hash of the teacher's and its segmenter's weights (identifies cached runs)."""
     d = Path(teacher_dir)
-    return _file_digest([d / "model.safetensors", RunLayout.segmenter_of(d) / "model.safetensors"])
+    return _file_digest([RunLayout.model_weights_of(d), RunLayout.model_weights_of(RunLayout.segmenter_of(d))])
 
 
 def _fingerprint(cfg: Any, settings: AblationSettings, teacher_id: str) -> str:
@@ -533,7 +533,7 @@ SETUP_SECONDS_PER_PAIR = 5.0
 def finished_runs(settings: AblationSettings) -> List[Tuple[Optional[str], str, int]]:
     """The planned runs already done with the same fingerprint (they will be reused, not retrained)."""
     teacher_dir = Path(settings.teacher)
-    if not (teacher_dir / "config.json").is_file():
+    if not RunLayout.is_model_dir(teacher_dir):
         return []
     teacher_id = teacher_digest(teacher_dir)
     index = Path(settings.work_dir) / "index"
@@ -629,7 +629,7 @@ def run_benchmark(settings: AblationSettings, log: Callable[[str], None] = print
     settings.validate()
     t0 = time.time()
     teacher_dir = Path(settings.teacher)
-    if not (teacher_dir / "config.json").is_file():
+    if not RunLayout.is_model_dir(teacher_dir):
         raise FileNotFoundError(f"{teacher_dir}: no exported teacher (config.json) here; pass --teacher DIR "
                                 f"(a run's teacher/ folder, e.g. runs/msrs_cpu/teacher)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -35,10 +35,14 @@ __all__ = [
     "SAMPLE_NAME",
     "STAGES",
     "is_model_config",
+    "MODEL_CONFIG_NAME",
+    "MODEL_WEIGHTS_NAME",
 ]
 
 RUN_CONFIG_NAME = "run_config.json"
-LEGACY_RUN_CONFIG_NAME = "config.json"  # runs before run_config.json; also every model folder's config name
+MODEL_CONFIG_NAME = "config.json"  # every model folder's config (dfsfuse.export.CONFIG_NAME)
+MODEL_WEIGHTS_NAME = "model.safetensors"  # every model folder's weights (dfsfuse.export.WEIGHTS_NAME)
+LEGACY_RUN_CONFIG_NAME = MODEL_CONFIG_NAME  # runs before run_config.json kept theirs under a model's config name
 METRICS_NAME = "metrics.json"
 LOG_NAME = "log.jsonl"
 COMPARISON_NAME = "comparison.png"
@@ -94,6 +98,21 @@ class RunLayout:
     def segmenter_of(teacher_dir: Union[str, os.PathLike]) -> Path:
         """Where any teacher folder (in a run or not, e.g. ``--teacher DIR``) keeps its segmenter."""
         return Path(teacher_dir) / SEGMENTER_DIR
+
+    @staticmethod
+    def model_config_of(model_dir: Union[str, os.PathLike]) -> Path:
+        """The ``config.json`` of any model folder (in a run or not)."""
+        return Path(model_dir) / MODEL_CONFIG_NAME
+
+    @staticmethod
+    def model_weights_of(model_dir: Union[str, os.PathLike]) -> Path:
+        """The ``model.safetensors`` of any model folder (in a run or not)."""
+        return Path(model_dir) / MODEL_WEIGHTS_NAME
+
+    @staticmethod
+    def is_model_dir(model_dir: Union[str, os.PathLike]) -> bool:
+        """Whether ``model_dir`` holds an exported model (its ``config.json`` exists; not read)."""
+        return RunLayout.model_config_of(model_dir).is_file()
 
     @property
     def student(self) -> Path:

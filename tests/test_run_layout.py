@@ -114,3 +114,23 @@ def test_run_folder_paths_are_built_only_in_run_layout() -> None:
     files += sorted((REPO / "recipes").glob("*.py"))
     assert len(files) > 20
     assert [hit for p in sorted(files) for hit in _path_building(p)] == []
+
+
+def test_model_folder_files(tmp_path) -> None:
+    from dfsfuse.export import CONFIG_NAME, WEIGHTS_NAME
+    from dfsfuse.run_layout import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
+
+    assert (MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME) == (CONFIG_NAME, WEIGHTS_NAME)
+    assert RunLayout.model_config_of("m") == Path("m/config.json")
+    assert RunLayout.model_weights_of("m") == Path("m/model.safetensors")
+    assert not RunLayout.is_model_dir(tmp_path)
+    RunLayout.model_config_of(tmp_path).write_text("{}")
+    assert RunLayout.is_model_dir(tmp_path)
+
+
+def test_ablation_builds_no_model_file_paths() -> None:
+    """ablation.py finds a teacher's config and weights through RunLayout, never by file name."""
+    tree = ast.parse((REPO / "dfsfuse" / "ablation.py").read_text())
+    names = {"config.json", "model.safetensors"}
+    hits = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in names]
+    assert hits == []
