@@ -338,6 +338,14 @@ def test_ssvif_dynamic_weights_wait_for_the_joint_stage() -> None:
     assert ssvif_dynamic_weights(SimpleNamespace(consistency_dynamic=False)) is None
 
 
+def test_ssvif_term_names_are_what_forward_returns_and_dynamic_weighting_balances() -> None:
+    objective = _toy_objective()
+    assert objective.term_names == list(SSVIF_TERMS) == ["fusion", "consistency"]
+    assert list(objective(_toy_batch())) == objective.term_names  # no aux/diversity/confidence terms here
+    cfg = SimpleNamespace(consistency_dynamic=True, consistency_warmup=0, dynamic_temperature=2.0)
+    assert ssvif_dynamic_weights(cfg).names == objective.term_names
+
+
 def test_ssvif_objective_validates_its_settings() -> None:
     for kwargs, match in (
         ({"consistency": 0.0}, "consistency"),

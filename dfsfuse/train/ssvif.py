@@ -126,6 +126,12 @@ class SSVIFObjective(nn.Module):
         self.step = int(step)
 
     @property
+    def term_names(self) -> list[str]:
+        """The weighted terms :meth:`forward` returns that dynamic weighting balances (:data:`SSVIF_TERMS`;
+        ``aux_*``, ``diversity`` and ``confidence`` pass through), as ``StudentObjective.term_names``."""
+        return list(SSVIF_TERMS)
+
+    @property
     def joint(self) -> bool:
         """Whether the current step is in the joint (fusion + consistency) stage."""
         return self.step >= self.warmup
@@ -134,12 +140,13 @@ class SSVIFObjective(nn.Module):
         """Weighted terms ``fusion``, ``aux_*`` and ``consistency`` of one batch (only ``ir``/``vis_y`` read)."""
         ir, vis_y = batch["ir"], batch["vis_y"]
         out = self.fusion(ir, vis_y)
-        terms = {"fusion": total_loss(self.fusion_loss(out.fused, ir, vis_y))}
+        fusion_name, consistency_name = SSVIF_TERMS
+        terms = {fusion_name: total_loss(self.fusion_loss(out.fused, ir, vis_y))}
         terms.update(auxiliary_terms(self.fusion, out, batch))
         pixel_level = self.segmenter(out.fused).logits
         feature_level = self.feature_head(out.features["fusion"])
         weight = self.w_consistency if self.joint else 0.0
-        terms["consistency"] = weight * cross_seg_consistency(feature_level, pixel_level, T=self.temperature)
+        terms[consistency_name] = weight * cross_seg_consistency(feature_level, pixel_level, T=self.temperature)
         on = 1.0 if self.joint else 0.0
         if self.w_diversity:
             terms["diversity"] = on * self.w_diversity * 0.5 * (
