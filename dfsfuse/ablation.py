@@ -27,8 +27,9 @@ Definitions (on held-out pairs never trained on, fusions rounded to 8 bits as sa
   window 11, σ 1.5, data range 1) of student vs teacher;
 * standard metrics (``VIF``, ``Qabf``, …): :func:`dfsfuse.train.evaluate.evaluate_fusion`, the
   mean over the held-out sets of each set's mean (every set weighs the same); ``SET/METRIC`` per set;
-* ``miou``: :func:`dfsfuse.train.evaluate.evaluate_segmentation_real`, the teacher's segmenter
-  fed with the student's fusion on the labelled ``miou_set`` (MSRS val);
+* ``miou``: the teacher's segmenter fed with the student's fusion on the labelled ``miou_set``
+  (MSRS val), segmented by the same :func:`~dfsfuse.train.evaluate.evaluate_fusion` call on the
+  8-bit fusions it scores (``segmenter=``; the numbers of ``evaluate_segmentation_real``);
 * ``steps_to_95``: the first evaluated step ``s`` (0 = the initial weights, then every
   ``curve_every`` steps) from which the fidelity PSNR on the first ``curve_images`` held-out
   pairs stays at or above ``P(0) + 0.95·(P(final) − P(0))``: 95% of the final fidelity gain
@@ -389,19 +390,17 @@ def evaluate_student(student: nn.Module, segmenter: Optional[nn.Module], dataset
                      pairs: Sequence[HeldoutPair], settings: AblationSettings,
                      device: torch.device) -> Dict[str, float]:
     """Fidelity to the teacher, the standard metrics and (where the labelled set exists) mIoU of one student."""
-    from .train.evaluate import evaluate_fusion, evaluate_segmentation_real
+    from .train.evaluate import evaluate_fusion
 
     student = student.eval()
     psnr, ssim = fidelity(student, pairs)
+    # The labelled miou_set is segmented on the fusions scored here (no second pass of the student).
     report = evaluate_fusion({"student": student}, datasets, device, max_images=settings.max_images,
-                             show_progress=False, baselines=())
+                             show_progress=False, baselines=(), segmenter=segmenter,
+                             segment_sets=(settings.miou_set,))
     metrics = {"fidelity_psnr": psnr, "fidelity_ssim": ssim, **_macro(report.metrics["student"])}
-    if segmenter is not None and settings.miou_set in datasets:
-        labelled = {settings.miou_set: datasets[settings.miou_set]}
-        seg = evaluate_segmentation_real(segmenter, {"student": student}, labelled,
-                                         device, max_images=settings.max_images, show_progress=False)
-        if settings.miou_set in seg:
-            metrics["miou"] = float(seg[settings.miou_set]["miou"]["student"])
+    if settings.miou_set in report.segmentation:
+        metrics["miou"] = float(report.segmentation[settings.miou_set]["miou"]["student"])
     return metrics
 
 
@@ -577,11 +576,13 @@ def reference_metrics(teacher: nn.Module, segmenter: Optional[nn.Module], datase
 
     The rules go through :func:`~dfsfuse.train.evaluate.evaluate_fusion`; the teacher is scored
     on its fusions already held in ``pairs`` with the same per-image call evaluate_fusion makes
-    (``fusion_metrics`` of the 8-bit fusion), so the slow teacher is not run twice.
+    (``fusion_metrics`` of the 8-bit fusion), so the slow teacher is not run twice. Its mIoU (and
+    that of ``max``, IR and VIS) on the labelled ``miou_set`` comes from an ``evaluate_fusion`` call
+    with the segmenter on that set alone: the teacher fuses those pairs once more, as before.
     """
     from .metrics import MetricAccumulator, fusion_metrics
     from .models import profile
-    from .train.evaluate import evaluate_fusion, evaluate_segmentation_real
+    from .train.evaluate import evaluate_fusion
 
     report = evaluate_fusion({}, datasets, device, max_images=settings.max_images, show_progress=False)
     out = {m: _macro(report.metrics[m]) for m in report.metrics}
@@ -591,8 +592,8 @@ def reference_metrics(teacher: nn.Module, segmenter: Optional[nn.Module], datase
     out["teacher"] = _macro({name: acc.mean() for name, acc in accs.items()})
     if segmenter is not None and settings.miou_set in datasets:
         labelled = {settings.miou_set: datasets[settings.miou_set]}
-        seg = evaluate_segmentation_real(segmenter, {"teacher": teacher}, labelled,
-                                         device, max_images=settings.max_images, show_progress=False)
+        seg = evaluate_fusion({"teacher": teacher}, labelled, device, max_images=settings.max_images,
+                              show_progress=False, baselines=(), segmenter=segmenter).segmentation
         for kind, value in seg.get(settings.miou_set, {}).get("miou", {}).items():
             out.setdefault(kind, {})["miou"] = float(value)
     out["teacher"]["gmac"] = profile(teacher, size=LATENCY_SIZE).gmacs
@@ -690,7 +691,7 @@ def run_benchmark(settings: AblationSettings, log: Callable[[str], None] = print
             "standard metrics": "dfsfuse.train.evaluate.evaluate_fusion; METRIC = mean over held-out sets of the "
                                 "set means, SET/METRIC per set",
             "miou": f"teacher's segmenter fed with the student's fusion on {settings.miou_set} "
-                    "(evaluate_segmentation_real, first max_images pairs)",
+                    "(evaluate_fusion with the segmenter, first max_images pairs)",
             "steps_to_95": "first evaluated step (0 = initial weights, then every curve_every) from which the "
                            "fidelity PSNR on the curve pairs stays >= P(0) + 0.95 (P(final) - P(0)); null when "
                            "P(final) <= P(0)",

@@ -151,3 +151,41 @@ def test_tiny_end_to_end_ablation_json_schema_and_reuse(tiny_teacher, heldout, t
     # a second invocation reuses the finished runs (same fingerprint) and reports the same numbers
     assert script.main(argv) == 0
     assert json.loads(out.read_text())["results"] == report["results"]
+
+
+def test_miou_comes_from_the_scoring_pass_with_the_numbers_of_a_separate_pass(tiny_teacher, heldout, tmp_path):
+    """evaluate_student / reference_metrics segment the labelled miou_set inside evaluate_fusion
+    (segmenter=..., that set only) and get exactly what evaluate_segmentation_real gives."""
+    import shutil
+
+    import torch
+
+    from dfsfuse.ablation import evaluate_student, load_heldout, open_eval_sets, reference_metrics
+    from dfsfuse.models import create_model
+    from dfsfuse.train.evaluate import evaluate_fusion, evaluate_segmentation_real
+    from dfsfuse.train.stages import load_teacher
+
+    other = tmp_path / "other"  # a second labelled set that is not the miou_set: never segmented
+    shutil.copytree(heldout, other)
+    settings = _settings(tiny_teacher, heldout, tmp_path, max_images=2,
+                         eval_sets={"heldout": str(heldout), "other": str(other)})
+    device = torch.device("cpu")
+    teacher, segmenter = load_teacher(tiny_teacher, device)
+    datasets = open_eval_sets(settings.eval_sets)
+    pairs = load_heldout(datasets, teacher, settings.max_images)
+    torch.manual_seed(0)
+    student = create_model("student", width=4).eval()
+    separate = evaluate_segmentation_real(segmenter, {"student": student, "teacher": teacher},
+                                          {"heldout": datasets["heldout"]}, device, max_images=2,
+                                          show_progress=False)["heldout"]["miou"]
+
+    metrics = evaluate_student(student, segmenter, datasets, pairs, settings, device)
+    assert metrics["miou"] == separate["student"]
+    assert "other/VIF" in metrics
+    report = evaluate_fusion({"student": student}, datasets, device, max_images=1, show_progress=False,
+                             baselines=(), segmenter=segmenter, segment_sets=("heldout",))
+    assert set(report.segmentation) == {"heldout"}  # "other" is labelled too, but not asked for
+    references = reference_metrics(teacher, segmenter, datasets, pairs, settings, device)
+    for kind in ("teacher", "max", "ir", "vis"):
+        assert references[kind]["miou"] == separate[kind], kind
+    assert "miou" not in evaluate_student(student, None, datasets, pairs, settings, device)

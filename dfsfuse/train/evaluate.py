@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Collection, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,12 +44,14 @@ class EvalReport:
 
 def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImages], device: torch.device,
                     max_images: int = 0, show_progress: bool = True, baselines: Sequence[str] = BASELINES,
-                    stretch: str = "none", segmenter: Optional[nn.Module] = None) -> EvalReport:
+                    stretch: str = "none", segmenter: Optional[nn.Module] = None,
+                    segment_sets: Optional[Collection[str]] = None) -> EvalReport:
     """Score the rule ``baselines`` and each fusion model on every dataset (first ``max_images``
     pairs, 0 = all), fused images scored as saved (``stretch="none"``) or min–max stretched.
 
     With a ``segmenter``, every labelled set also gets ``report.segmentation[set]`` (see
-    :func:`evaluate_segmentation_real`), computed on the same 8-bit fusions (no second forward).
+    :func:`evaluate_segmentation_real`), computed on the same 8-bit fusions (no second forward);
+    ``segment_sets`` limits that to the labelled sets it names (``None``: every labelled set).
     """
     report = EvalReport()
     t0 = time.time()
@@ -63,7 +65,8 @@ def evaluate_fusion(models: Dict[str, nn.Module], datasets: Dict[str, PairedImag
             acc = {m: MetricAccumulator() for m in methods}
             seg_kinds = [*models, "max", "ir", "vis"]
             matrices = {k: ConfusionMatrix(num_classes=_NUM_CLASSES) for k in seg_kinds} \
-                if segmenter is not None and getattr(ds, "has_labels", False) else None
+                if segmenter is not None and getattr(ds, "has_labels", False) \
+                and (segment_sets is None or name in segment_sets) else None
             n = min(len(ds), max_images) if max_images else len(ds)
             for i in range(n):
                 s = ds[i]
