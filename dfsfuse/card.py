@@ -1,13 +1,23 @@
-"""Model cards: the ``README.md`` of an exported model folder, with hub front matter."""
+"""Model cards: the ``README.md`` of an exported model folder, with hub front matter.
+
+:func:`render_card` is the one card builder: the recipe (``recipes/distill.py``: student, teacher and
+segmenter cards) and ``dfsfuse export`` (:func:`dfsfuse.publish.export_student`) both call it. Its
+front matter is ``huggingface_hub``'s :class:`~huggingface_hub.ModelCardData` (see
+:func:`card_data`), so ``huggingface_hub.ModelCard(text).data`` reads it back.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 
+if TYPE_CHECKING:  # huggingface_hub is imported when a card is built, not with dfsfuse
+    from huggingface_hub import ModelCardData
+
 CARD_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+BASELINE_METHODS = ("avg", "max")
 
 
 def _fmt(value: Any) -> str:
@@ -39,34 +49,78 @@ def metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
     return "\n".join(lines)
 
 
+def hub_dataset_ids(names: Iterable[Any]) -> List[str]:
+    """The names that are real hub dataset ids (``owner/name``); local set names and paths are left out."""
+    return [d for d in names if isinstance(d, str) and d.count("/") == 1 and not d.startswith((".", "/"))
+            and all(part.strip() for part in d.split("/"))]
+
+
+def _own_method(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> Optional[str]:
+    """The row of ``metrics`` that describes the carded model: its ``role`` when that has a row,
+    else the last method that is not a rule baseline (``student`` beside ``teacher``)."""
+    if config.get("role") in metrics:
+        return config["role"]
+    learned = [m for m in metrics if m not in BASELINE_METHODS]
+    return learned[-1] if learned else None
+
+
+def card_data(name: str, config: Mapping[str, Any], *, metrics: Optional[Mapping[str, Any]] = None,
+              training: Optional[Mapping[str, Any]] = None, license: str = "mit") -> "ModelCardData":
+    """The card's hub front matter as a :class:`huggingface_hub.ModelCardData`.
+
+    ``tags`` name the task and the architecture; ``metrics`` lists the metric names of the held-out
+    table; ``datasets`` holds only the training sets that are real hub ids (:func:`hub_dataset_ids`),
+    and held-out results go into ``model-index`` (:class:`~huggingface_hub.EvalResult`, the carded
+    model's own row) only for held-out sets that are real hub ids. Everything else stays in the text.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    arch = config.get("architecture", "?")
+    task = "image-segmentation" if config.get("kind") == "segmentation" else "image-to-image"
+    metrics = metrics or {}
+    rows = [row for per_set in metrics.values() if isinstance(per_set, Mapping) for row in per_set.values()
+            if isinstance(row, Mapping)]
+    names = [n for n in CARD_METRICS if any(n in row for row in rows)]
+    results = []
+    own = _own_method(config, metrics)
+    own_rows = metrics.get(own) or {} if own is not None else {}
+    for dataset in hub_dataset_ids(own_rows):
+        row = own_rows[dataset]
+        for metric in names:
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                results.append(EvalResult(task_type=task, dataset_type=dataset, dataset_name=dataset,
+                                          metric_type=metric, metric_name=metric, metric_value=float(value)))
+    return ModelCardData(
+        license=license,
+        library_name="dfsfuse",
+        pipeline_tag=task,
+        tags=["image-fusion", "infrared", "visible", "knowledge-distillation", "dfsfuse", arch],
+        datasets=hub_dataset_ids((training or {}).get("datasets", [])) or None,
+        metrics=names or None,
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
+
+
 def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mapping[str, Any]] = None,
                 metrics: Optional[Mapping[str, Any]] = None, training: Optional[Mapping[str, Any]] = None,
                 sample_image: Optional[str] = None, license: str = "mit", repo_id: Optional[str] = None,
                 sample_caption: str = "IR | VIS | avg | max | teacher | student",
                 sections: Optional[Mapping[str, str]] = None) -> str:
-    """A hub-ready model card for model folder ``name``.
+    """A hub-ready model card for model folder ``name`` (the one card builder; see the module doc).
 
     ``config`` is the folder's ``config.json`` content; ``summary`` holds params/GMAC/latency;
     ``metrics`` is ``{method: {dataset: {metric: mean}}}`` on held-out pairs; ``training`` says
     what the model was trained on, for how long, and with which recipe config. ``repo_id``
     (the hub id the folder is published under) goes into the usage examples; ``sample_caption``
-    describes ``sample_image``; ``sections`` maps extra headings to markdown bodies.
+    describes ``sample_image``; ``sections`` maps extra headings to markdown bodies. The front
+    matter is :func:`card_data`'s.
     """
     arch = config.get("architecture", "?")
     where = repo_id or "path/or/hub-id"
-    front = {
-        "license": license,
-        "library_name": "dfsfuse",
-        "pipeline_tag": "image-to-image",
-        "tags": ["image-fusion", "infrared", "visible", "knowledge-distillation", "dfsfuse", arch],
-    }
-    # Only real hub dataset ids ("owner/name") go into the front matter; local set names stay in the text.
-    hub_ids = [d for d in (training or {}).get("datasets", []) if isinstance(d, str) and d.count("/") == 1
-               and not d.startswith((".", "/"))]
-    if hub_ids:
-        front["datasets"] = hub_ids
+    front = card_data(name, config, metrics=metrics, training=training, license=license)
     if config.get("kind") == "segmentation":
-        front["pipeline_tag"] = "image-segmentation"
         intro = [f"A dfsfuse **{arch}** semantic segmenter (9 MSRS classes) for fused infrared/visible "
                  "luminance images (B×1×H×W in [0, 1]).", "",
                  "## Use", "", "```python", "import dfsfuse", "",
@@ -80,7 +134,7 @@ def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mappi
                  f'model = dfsfuse.from_pretrained("{where}")', "fused = model(ir, vis_y).fused  # B×1×H×W in [0, 1]",
                  "```", "", f"or from the command line: `dfsfuse fuse --model {where} --ir IR_DIR --vi VI_DIR --out OUT` "
                  "(colour output; `--gray` for the fused luminance only).", ""]
-    out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", "", *intro]
+    out = ["---", front.to_yaml(), "---", "", f"# {name}", "", *intro]
     if summary:
         out += ["## Size and speed", "", "| params | GMAC | latency (ms) | size | device |",
                 "| ---: | ---: | ---: | --- | --- |",

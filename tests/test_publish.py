@@ -502,3 +502,53 @@ def test_push_to_hub_creates_repo_and_uploads(tmp_path, monkeypatch, student_dir
     with pytest.raises(ModelLoadError):
         push_to_hub(tmp_path, "someone/empty")  # not a model folder: nothing is uploaded
     assert len(calls) == 3
+
+
+def test_recipe_and_export_cards_parse_as_hub_model_cards(tmp_path, monkeypatch):
+    """Both card writers (the recipe's write_teacher_cards, ``dfsfuse export``) go through
+    dfsfuse.card.render_card, whose front matter huggingface_hub.ModelCard reads back, offline."""
+    import socket
+
+    from conftest import load_script
+    from huggingface_hub import ModelCard
+
+    from dfsfuse.card import CARD_METRICS
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a card tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    # dfsfuse export (publish path): local held-out sets stay out of the front matter.
+    run = make_run(tmp_path / "run")
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    exported = ModelCard((tmp_path / "export" / "README.md").read_text())
+    assert exported.data.library_name == "dfsfuse" and exported.data.pipeline_tag == "image-to-image"
+    assert {"student", "dfsfuse", "image-fusion"} <= set(exported.data.tags)
+    assert exported.data.metrics == list(CARD_METRICS)
+    assert exported.data.datasets is None and exported.data.eval_results is None
+    assert "| msrs_heldout | student | 6.5000 |" in exported.text
+
+    # the recipe's teacher and segmenter cards: only real hub ids reach the front matter.
+    recipe = load_script(Path(__file__).resolve().parents[1] / "recipes" / "distill.py", "distill_recipe_cards")
+    torch.manual_seed(0)
+    teacher = create_model("teacher", dim=8, bottleneck_depth=1)
+    segmenter = create_model("segmenter", backbone="mobilenetv3_small_100", fpn_dim=16)
+    folder = tmp_path / "teacher"
+    (folder / "segmenter").mkdir(parents=True)
+    held_out = {"msrs_heldout": HELD_OUT, "someone/ir-vis-pairs": {**HELD_OUT, "EN": 6.25}}
+    card_metrics = {m: held_out for m in ("avg", "max", "teacher", "student")}
+    training = {"datasets": ["msrs_bundled", "someone/ir-vis-train", "synthetic scenes"], "recipe": "recipes/distill.py"}
+    recipe.write_teacher_cards(folder, teacher, segmenter, {"params": 1234, "gmac": 0.5}, card_metrics, "",
+                               training, "cpu")
+    card = ModelCard((folder / "README.md").read_text())
+    assert card.data.library_name == "dfsfuse" and "teacher" in card.data.tags
+    assert card.data.metrics == list(CARD_METRICS) and card.data.datasets == ["someone/ir-vis-train"]
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert card.data.model_name == "dfsfuse teacher" and results[("someone/ir-vis-pairs", "EN")] == 6.25
+    assert {d for d, _ in results} == {"someone/ir-vis-pairs"} and len(results) == len(CARD_METRICS)
+    assert "| msrs_heldout | teacher | 6.5000 |" in card.text
+    seg = ModelCard((folder / "segmenter" / "README.md").read_text())
+    assert seg.data.pipeline_tag == "image-segmentation" and seg.data.library_name == "dfsfuse"
+    assert seg.data.metrics is None and seg.data.datasets == ["someone/ir-vis-train"]

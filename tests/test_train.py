@@ -145,6 +145,11 @@ def test_tiny_run_writes_metrics_comparison_and_exports(tiny_run):
         assert {"model.safetensors", "config.json"} <= {p.name for p in (tiny_run / folder).iterdir()}
     card = (tiny_run / "student" / "README.md").read_text()
     assert "library_name: dfsfuse" in card and "| heldout | student |" in card
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(card).data  # the hub's own parser reads the front matter (no network)
+    assert data.library_name == "dfsfuse" and "student" in data.tags and "VIF" in data.metrics
+    assert data.eval_results is None  # "heldout" is a local set, not a hub id
     log = read_log(tiny_run / "log.jsonl")
     assert [r["step"] for r in log if "student/loss" in r] == [1, 2, 3, 4]
 
