@@ -28,6 +28,7 @@ __all__ = [
     "sobel_structure",
     "structure_magnitude",
     "structure_loss",
+    "gaussian_blur",
 ]
 
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -110,3 +111,18 @@ def structure_loss(signal: Tensor, source: Tensor, weight: Tensor | None = None)
             f"signal {tuple(signal.shape)} does not match the structure of the source {tuple(target.shape)}"
         )
     return weighted_mean((signal - target).abs(), weight)
+
+
+def gaussian_blur(x: Tensor, window_size: int, sigma: float) -> Tensor:
+    """Separable Gaussian blur of a B×C×H×W map (``window_size`` taps, replicate borders), same size.
+
+    Replicate padding works at any map size (reflect needs H, W > window_size // 2) and traces
+    to ONNX as a plain pad + two depthwise convs.
+    """
+    coords = torch.arange(window_size, device=x.device, dtype=x.dtype) - (window_size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c, r = x.shape[1], window_size // 2
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

@@ -132,11 +132,41 @@ def test_blend_head_starts_as_a_soft_max_and_can_leave_it():
         FusionHead(4, "direct")
 
 
+def test_region_head_starts_as_the_region_max_rule():
+    """A zero head is the ``region-max`` baseline (numpy, float64) to within 8-bit rounding,
+    and the rule picks whole neighbourhoods: inside a region where IR is brighter on average,
+    VIS pixels that poke above IR do not switch the source (pixel max would)."""
+    import numpy as np
+
+    from dfsfuse.baselines import baseline_fusion
+
+    rng = np.random.default_rng(3)
+    ir = np.full((48, 56), 150.0) + rng.normal(0, 5, (48, 56))
+    vis = np.full((48, 56), 60.0) + rng.normal(0, 5, (48, 56))
+    vis[:, 28:] += 130.0                     # right half: VIS brighter on average
+    vis[10:14, 5:9] = 200.0                  # a small bright VIS blob inside the IR region
+    a, b = (torch.from_numpy(x).float()[None, None] / 255 for x in (ir, vis))
+    head = FusionHead(4, "region")
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        head.conv.bias.zero_()
+        out = head(torch.zeros(1, 4, 48, 56), a, b)[0, 0].double().numpy() * 255
+    rule = baseline_fusion(ir, vis, "region-max").astype(np.float64)
+    assert np.abs(np.round(out) - rule).max() <= 1
+    # Far from the boundary each half is one source; the blob's pixels stay IR's...
+    np.testing.assert_allclose(out[30:40, 2:20], ir[30:40, 2:20], atol=0.5)
+    np.testing.assert_allclose(out[30:40, 36:54], vis[30:40, 36:54], atol=0.5)
+    assert np.abs(out[11:13, 6:8] - ir[11:13, 6:8]).max() < np.abs(out[11:13, 6:8] - vis[11:13, 6:8]).min()
+    # ...where pixel max takes VIS's blob.
+    np.testing.assert_array_equal(baseline_fusion(ir, vis, "max")[11:13, 6:8], np.round(vis[11:13, 6:8]))
+
+
 @pytest.mark.parametrize("name", ["student", "teacher"])
 def test_heads_are_a_kwarg_of_the_fusion_models(name):
     kwargs = {"dim": 8} if name == "teacher" else {"width": 4}
     ir, vis = _scene(7, 33)
-    for head in ("blend", "residual"):
+    assert create_model(name, **kwargs).arch_kwargs["head"] == "region"  # the default
+    for head in ("region", "blend", "residual"):
         model = create_model(name, head=head, **kwargs)
         assert model.arch_kwargs["head"] == head
         assert model(ir, vis).fused.shape == ir.shape

@@ -100,7 +100,7 @@ def test_arch_config_is_recorded_for_direct_construction_and_builders() -> None:
     from dfsfuse.models import Student
 
     model = Student(width=8)
-    assert model.arch_config() == {"architecture": "student", "kwargs": {"width": 8, "norm": False, "head": "blend"}}
+    assert model.arch_config() == {"architecture": "student", "kwargs": {"width": 8, "norm": False, "head": "region"}}
     json.dumps(create_model("segmenter", out_indices=(2, 3, 4)).arch_config())
     assert create_model("segmenter", out_indices=(2, 3, 4)).arch_kwargs["out_indices"] == [2, 3, 4]
 
@@ -108,7 +108,7 @@ def test_arch_config_is_recorded_for_direct_construction_and_builders() -> None:
 def test_named_variants_record_their_name_and_full_kwargs() -> None:
     assert {"teacher_cpu", "student_w8", "student_w16"} <= set(list_models(FUSION))
     assert create_model("student_w8").arch_config() == {
-        "architecture": "student_w8", "kwargs": {"width": 8, "norm": False, "head": "blend"}}
+        "architecture": "student_w8", "kwargs": {"width": 8, "norm": False, "head": "region"}}
     assert create_model("student_w16", head="residual").arch_kwargs == {"width": 16, "norm": False, "head": "residual"}
     assert create_model("teacher_cpu", bottleneck_depth=1).arch_kwargs["dim"] == 16
     assert model_from_config(create_model("student_w8").arch_config()).width == 8
@@ -233,9 +233,12 @@ def test_profile_counts_known_layers() -> None:
         2 * (9 * w + 2 * (9 * w + w * w))  # two encoders: stem + two separable blocks
         + (2 * w * w + 9 * w + w * w)  # fusion: 1×1 then separable block
         + (3 * w * w + 9 * w + w * w)  # decoder: 1×1 on the dense concat then separable block
-        + 2 * 9 * w  # blend head: weight and residual channels
+        + 2 * 9 * w  # region head: weight and residual channels
     )
-    assert result.macs == per_pixel * pixels
+    # The region head's fixed prior: a separable 19-tap Gaussian of both inputs (2 channels),
+    # the row pass over the map padded by 9 rows above and below, then the column pass.
+    blur = 3 * 2 * 19 * ((10 + 18) * 20 + 10 * 20)
+    assert result.macs == per_pixel * pixels + blur
     assert result.params == sum(p.numel() for p in model.parameters())
     assert next(model.parameters()).device.type == "cpu"
 

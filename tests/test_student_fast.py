@@ -41,7 +41,7 @@ def test_shapes_and_features_at_any_size(size, scale):
         assert out.features[name].shape == (2, channels, *reduced), name
 
 
-@pytest.mark.parametrize("head", ["blend", "residual"])
+@pytest.mark.parametrize("head", ["region", "blend", "residual"])
 def test_fresh_model_starts_near_max_and_padding_is_replicate(head):
     model = create_model("student_fast", head=head).eval()
     ir, vis = _pair((30, 41), batch=1)
@@ -50,9 +50,14 @@ def test_fresh_model_starts_near_max_and_padding_is_replicate(head):
         model.head.weight.zero_()
         model.head.bias.zero_()
         base = model(ir, vis).fused
-    assert (fused - torch.maximum(ir, vis)).abs().mean() < 0.1  # a small head: near the base
+    assert (fused - base).abs().mean() < 0.1  # a small head: near the base
     if head == "residual":  # a zero head is exactly the max rule
         torch.testing.assert_close(base, torch.maximum(ir, vis))
+    elif head == "region":  # a zero head is the region-max rule
+        from dfsfuse.baselines import region_max_fusion
+
+        rule = region_max_fusion(ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255) / 255
+        torch.testing.assert_close(base[0, 0].double(), torch.from_numpy(rule), atol=1e-5, rtol=0)
     else:  # a zero head is the soft maximum w·ir + (1 − w)·vis with w = sigmoid(20·(ir − vis))
         w = torch.sigmoid(20 * (ir - vis))
         torch.testing.assert_close(base, (w * ir + (1 - w) * vis).clamp(0, 1))
@@ -71,7 +76,7 @@ def test_kwargs_validation_and_rebuild():
         create_model("student_fast", scale=0)
     model = create_model("student_fast", width=8, scale=2)
     assert model.arch_config() == {"architecture": "student_fast",
-                                   "kwargs": {"width": 8, "scale": 2, "head": "blend"}}
+                                   "kwargs": {"width": 8, "scale": 2, "head": "region"}}
     assert isinstance(model_from_config(model.arch_config()), StudentFast)
 
 
@@ -130,7 +135,7 @@ def test_reparameterized_weights_save_and_load_like_unfolded_ones(tmp_path):
     assert not any(m.reparameterized for m in folded.modules() if isinstance(m, RepConv))
 
 
-@pytest.mark.parametrize("fold,head", [(False, "blend"), (True, "blend"), (True, "residual")])
+@pytest.mark.parametrize("fold,head", [(False, "region"), (True, "region"), (True, "blend"), (True, "residual")])
 def test_onnx_matches_pytorch_at_other_sizes(tmp_path, fold, head):
     pytest.importorskip("onnxruntime")
     from dfsfuse.onnx import OnnxModel, export_onnx

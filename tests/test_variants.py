@@ -227,7 +227,7 @@ def test_variants_are_registered_fusion_models_usable_as_teacher_or_student() ->
     student = create_model(cfg.model.student, **cfg.model.student_kwargs)
     assert student.arch_config() == {
         "architecture": "sspfusion",
-        "kwargs": {"width": 8, "depth": 2, "scales": [1, 2, 4], "structure_weight": 0.5, "head": "blend"},
+        "kwargs": {"width": 8, "depth": 2, "scales": [1, 2, 4], "structure_weight": 0.5, "head": "region"},
     }
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import SOBEL_X, resize_weight, sobel_gradients, weighted_mean
+from ..ops import SOBEL_X, gaussian_blur, resize_weight, sobel_gradients, weighted_mean
 from .quality import qabf_loss, vif_loss
 
 __all__ = [
@@ -46,16 +46,6 @@ def gradient_magnitude(x: Tensor) -> Tensor:
     return gx.abs() + gy.abs()
 
 
-def _gaussian_blur(x: Tensor, window_size: int, sigma: float) -> Tensor:
-    coords = torch.arange(window_size, device=x.device, dtype=x.dtype) - (window_size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    c, r = x.shape[1], window_size // 2
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def ssim_map(
     x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0
 ) -> Tensor:
@@ -72,7 +62,7 @@ def ssim_map(
     c = x.shape[1]
     # E[x²] − E[x]² cancels catastrophically in half precision.
     with no_autocast(x):
-        stats = _gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window_size, sigma)
+        stats = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window_size, sigma)
     mu_x, mu_y, xx, yy, xy = stats.split(c, dim=1)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
@@ -111,7 +101,7 @@ def contrast_target(ir: Tensor, vis_y: Tensor, window: int = 11, sigma: float = 
     variances (PSFusion-style saliency), falling back to ``max`` where both are flat."""
     with no_autocast(ir):
         x = torch.cat([ir, vis_y, ir * ir, vis_y * vis_y], 1).float()
-        m = _gaussian_blur(x, window, sigma)
+        m = gaussian_blur(x, window, sigma)
         var = (m[:, 2:] - m[:, :2] ** 2).clamp_min(0)
         flat = 1e-4
         w = (var[:, :1] + flat * (ir >= vis_y)) / (var.sum(1, keepdim=True) + flat)

@@ -120,7 +120,7 @@ class SSCMFusion(FusionModel):
     """
 
     def __init__(self, widths: Sequence[int] = (8, 16, 24), reduction: int = 4, norm: bool = False,
-                 head: str = "blend") -> None:
+                 head: str = "region") -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 2:

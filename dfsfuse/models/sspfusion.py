@@ -146,7 +146,7 @@ class SSPFusion(FusionModel):
 
     def __init__(
         self, width: int = 16, depth: int = 2, scales: Sequence[int] = (1, 2, 4), structure_weight: float = 0.5,
-        head: str = "blend",
+        head: str = "region",
     ) -> None:
         super().__init__()
         if not scales or any(int(s) < 1 for s in scales):

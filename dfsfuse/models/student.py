@@ -52,12 +52,12 @@ class Student(FusionModel):
         width: channels of every feature map (the size knob; 12 by default).
         norm: add BatchNorm after each conv (off by default: batch statistics of small
             fusion batches are noisy, and without it the exported graph is plain convs).
-        head: output head, ``"blend"`` (learned soft selection + free residual, can leave the
-            max rule) or ``"residual"`` (clamped residual over ``max(ir, vis_y)``); see
+        head: output head, ``"region"`` (default: learned soft selection from a regional-max
+            prior + free residual, can leave the rule), ``"blend"`` (per-pixel prior) or ``"residual"`` (clamped residual over ``max(ir, vis_y)``); see
             :class:`~dfsfuse.models.blocks.FusionHead`.
     """
 
-    def __init__(self, width: int = 12, norm: bool = False, head: str = "blend") -> None:
+    def __init__(self, width: int = 12, norm: bool = False, head: str = "region") -> None:
         super().__init__()
         self.width = width
         self.encoder_ir = _Encoder(width, norm)

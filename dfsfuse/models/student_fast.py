@@ -14,8 +14,8 @@ its maps fit in cache and dense 3×3 convs keep the cores busy:
 - decoder: ``fusion`` plus 1×1 convs of both encodings (a dense link, added rather than
   concatenated) → :class:`RepConv` → ``decoder``;
 - head: 3×3 conv to scale² channels per output map, pixel-shuffled back to full resolution
-  and cropped to H×W; what the maps mean (``head="blend"``: a learned soft selection of the
-  inputs plus a residual; ``"residual"``: a residual over ``max(ir, vis_y)``) is decided in
+  and cropped to H×W; what the maps mean (``head="region"``/``"blend"``: a learned soft
+  selection of the inputs plus a residual; ``"residual"``: a residual over ``max(ir, vis_y)``) is decided in
   one place, :meth:`StudentFast.fused_image`.
 
 Full-resolution work is only the pad, the stem's read, the shuffle and the output rule; the
@@ -138,11 +138,11 @@ class StudentFast(FusionModel):
         width: channels of every feature map (the size knob; 16 by default).
         scale: patch size (4 by default; 2 is sharper and about 4× the cost): the body runs
             at H/scale × W/scale.
-        head: how the head's maps become the fused image, ``"blend"`` or ``"residual"``, the
+        head: how the head's maps become the fused image, ``"region"``, ``"blend"`` or ``"residual"``, the
             same rules as every fusion network's :class:`~dfsfuse.models.blocks.FusionHead`.
     """
 
-    def __init__(self, width: int = 16, scale: int = 4, head: str = "blend") -> None:
+    def __init__(self, width: int = 16, scale: int = 4, head: str = "region") -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")

@@ -47,7 +47,7 @@ class Teacher(FusionModel):
         bottleneck_depth: number of dual-branch blocks at 1/4 resolution.
         wave: ``pytorch_wavelets`` wavelet name of the frequency branches.
         drop_path: stochastic-depth rate of every transformer block.
-        head: output head, ``"blend"`` (default) or ``"residual"`` (see :class:`FusionHead`).
+        head: output head, ``"region"`` (default), ``"blend"`` or ``"residual"`` (see :class:`FusionHead`).
     """
 
     stride = 8
@@ -60,7 +60,7 @@ class Teacher(FusionModel):
         bottleneck_depth: int = 2,
         wave: str = "haar",
         drop_path: float = 0.0,
-        head: str = "blend",
+        head: str = "region",
     ) -> None:
         super().__init__()
         self.dim = dim
