@@ -94,6 +94,11 @@ class RunLayout:
         """The exported segmenter's model folder (inside the teacher's)."""
         return self.segmenter_of(self.teacher)
 
+    @property
+    def segmenter_init(self) -> Path:
+        """The segmenter as stage 0 left it (pre-trained alone), before stage 1 fine-tunes it."""
+        return self.root / "segmenter_init"
+
     @staticmethod
     def segmenter_of(teacher_dir: Union[str, os.PathLike]) -> Path:
         """Where any teacher folder (in a run or not, e.g. ``--teacher DIR``) keeps its segmenter."""

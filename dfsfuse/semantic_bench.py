@@ -380,8 +380,10 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings: SegBenchSettings, seed: int,
                     class_weights: Optional[Sequence[float]] = None,
-                    on_step: Optional[Callable[[int, float], None]] = None) -> nn.Module:
-    """Train ``settings.segmenter`` from scratch on ``images`` (1×H×W uint8) / ``labels``.
+                    on_step: Optional[Callable[[int, float], None]] = None,
+                    model: Optional[nn.Module] = None) -> nn.Module:
+    """Train ``settings.segmenter`` from scratch on ``images`` (1×H×W uint8) / ``labels``
+    (or train ``model`` from its current weights, e.g. the recipe's segmenter in stage 0).
 
     Everything random — initial weights, the order of images (a fresh permutation per epoch),
     crops and flips — comes from ``seed``, so two kinds trained with one seed see the same
@@ -397,7 +399,7 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(seed)
-    model = build_segmenter(settings.segmenter).to(device).train()
+    model = (build_segmenter(settings.segmenter) if model is None else model).to(device).train()
     criterion = SegmentationCE(settings.seg_loss, class_weights=class_weights if settings.seg_loss != "plain" else None,
                                ignore_index=IGNORE_INDEX)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]

@@ -4,7 +4,8 @@
     accelerate launch recipes/distill.py --config recipes/configs/msrs.yaml --output runs/msrs
     python recipes/distill.py train.max_steps=20 --output runs/quick --overwrite
 
-Stages: (1) teacher + segmenter on fusion + segmentation losses, (2) student distilled from
+Stages: (0, when ``segmenter.steps > 0``) the segmenter pre-trained alone on labelled pairs
+fused by a rule, (1) teacher + segmenter on fusion + segmentation losses, (2) student distilled from
 the frozen teacher through the distilled semantic loss, (3) evaluation of avg, max, teacher
 and student on held-out real pairs (``metrics.json``, ``comparison.png``) and segmentation
 mIoU on held-out synthetic scenes, (4) export of student and teacher (safetensors + config +
@@ -39,6 +40,7 @@ from dfsfuse.train.evaluate import (
 )
 from dfsfuse.train.data import build_eval_sets
 from dfsfuse.train.loop import NonFiniteLossError, TrainingInterrupted
+from dfsfuse.train.segmenter_stage import pretrain_segmenter
 from dfsfuse.train.stages import (
     RunDirExistsError, build_models, distill_student, load_teacher, make_accelerator, prepare_run_dir, train_teacher,
 )
@@ -70,9 +72,11 @@ def run(args: argparse.Namespace) -> dict:
                   f"mixed precision {accelerator.mixed_precision})")
     teacher, segmenter, student = build_models(cfg)
 
-    # Stage 1: teacher + segmenter (skipped with --teacher, or when a resumed run already exported it).
+    # Stage 0 (segmenter.steps > 0): the segmenter pre-trained alone on labelled pairs.
+    # Stage 1: teacher + segmenter (both skipped with --teacher, or when a resumed run already exported it).
     teacher_dir = args.teacher or layout.teacher
     if args.teacher is None and not (args.resume and (teacher_dir / CONFIG_NAME).is_file()):
+        pretrain_segmenter(accelerator, cfg, segmenter, run_dir, resume=args.resume)
         train_teacher(accelerator, cfg, teacher, segmenter, run_dir, resume=args.resume)
     teacher, segmenter = load_teacher(teacher_dir, device)
     console.print(f"teacher: {teacher_dir}")

@@ -19,6 +19,8 @@ from typing import (
 
 import yaml
 
+from ..options import BASELINE_METHODS
+
 
 STAGE1_MODES = ("fusion_seg", "ssvif")
 """What stage 1 can train (``train.stage1``; see :attr:`RunConfig.stage1_mode`)."""
@@ -95,6 +97,18 @@ class StageConfig:
 
 
 @dataclass
+class SegmenterStageConfig(StageConfig):
+    """Stage 0 (off unless ``steps > 0``): the segmenter pre-trained alone on the labelled
+    training pairs, fused by the rule ``input`` (the ``region`` head's initial state), before it
+    trains jointly with the teacher. Whole-image random crops ``crop`` (H, W) at native size:
+    semantics need far more context than the fusion's small crops give."""
+
+    steps: int = 0
+    crop: List[int] = field(default_factory=lambda: [192, 256])
+    input: str = "region-max"
+
+
+@dataclass
 class LossConfig:
     """Weights of every loss term (see :mod:`dfsfuse.losses`)."""
 
@@ -156,10 +170,15 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: StageConfig = field(default_factory=StageConfig)
     student: StageConfig = field(default_factory=StageConfig)
+    segmenter: SegmenterStageConfig = field(default_factory=SegmenterStageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.segmenter.input not in BASELINE_METHODS:
+            raise ConfigError(f"segmenter.input must be one of {', '.join(BASELINE_METHODS)}, got {self.segmenter.input!r}")
+        if len(self.segmenter.crop) != 2 or min(self.segmenter.crop) < 1:
+            raise ConfigError(f"segmenter.crop must be [height, width] with positive values, got {self.segmenter.crop}")
         mode, weight = self.train.stage1, self.loss.consistency
         if mode is None:
             return
@@ -181,7 +200,7 @@ class RunConfig:
         return "ssvif" if self.loss.consistency > 0 else "fusion_seg"
 
     def stage_steps(self, stage: str) -> int:
-        """Steps of ``stage`` ("teacher"/"student") after the ``train.max_steps`` cap."""
+        """Steps of ``stage`` ("segmenter"/"teacher"/"student") after the ``train.max_steps`` cap."""
         steps = getattr(self, stage).steps
         return min(steps, self.train.max_steps) if self.train.max_steps is not None else steps
 
