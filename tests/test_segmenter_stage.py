@@ -105,3 +105,22 @@ def test_config_rejects_unknown_rule_and_bad_crop():
         load_config(None, ["segmenter.input=median"])
     with pytest.raises(ConfigError, match="segmenter.crop"):
         load_config(None, ["segmenter.crop=[0,64]"])
+
+
+def test_frozen_segmenter_stays_in_eval_mode_and_only_the_fusion_learns():
+    from dfsfuse.train.config import LossConfig
+    from dfsfuse.train.objectives import TeacherObjective
+
+    fusion, segmenter = create_model("student", width=4), create_model("segmenter", **SMALL_SEGMENTER)
+    objective = TeacherObjective(fusion, segmenter, LossConfig(seg_ce=1.0), train_segmenter=False).train()
+    assert objective.fusion.training and not objective.segmenter.training
+    assert not any(p.requires_grad for p in segmenter.parameters())
+    stats = {k: v.clone() for k, v in segmenter.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    batch = {"ir": torch.rand(2, 1, 32, 32, generator=g), "vis_y": torch.rand(2, 1, 32, 32, generator=g),
+             "label": torch.randint(0, 9, (2, 32, 32), generator=g)}
+    terms = objective(batch)
+    sum(terms.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.parameters())
+    for k, v in segmenter.state_dict().items():  # BatchNorm running statistics untouched
+        torch.testing.assert_close(v, stats[k])

@@ -163,8 +163,8 @@ class StudentFast(FusionModel):
         self.decoder = RepConv(width, width)
         # One map per output channel of the rule (blend: z and r; residual: r), s² cells each.
         self.head = nn.Conv2d(width, head_channels(head) * scale * scale, 3, padding=1)
-        with torch.no_grad():  # small: training starts near the rule's base (max / soft max of the inputs)
-            self.head.weight.mul_(0.1)
+        with torch.no_grad():  # zero: training starts at the head's rule (see blocks.OutputHead)
+            self.head.weight.zero_()
             self.head.bias.zero_()
 
     @property

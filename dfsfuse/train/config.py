@@ -106,6 +106,7 @@ class SegmenterStageConfig(StageConfig):
     steps: int = 0
     crop: List[int] = field(default_factory=lambda: [192, 256])
     input: str = "region-max"
+    finetune: bool = True              # false: frozen in stage 1 (only the teacher learns from seg CE)
 
 
 @dataclass

@@ -63,16 +63,29 @@ class TeacherObjective(nn.Module):
     Terms: the fusion loss of the fused image, plus segmentation cross-entropy of the
     segmenter run on that fused image (labels where they exist): the gradient of the
     segmentation loss reaches the fusion network, which learns to keep what the segmenter
-    needs (semantic-driven fusion).
+    needs (semantic-driven fusion). With ``train_segmenter=False`` the segmenter (e.g. one
+    pre-trained in stage 0) is frozen, in eval mode even while the objective trains, and only
+    the fusion network learns from its loss.
     """
 
-    def __init__(self, fusion: nn.Module, segmenter: Optional[nn.Module], cfg: LossConfig) -> None:
+    def __init__(self, fusion: nn.Module, segmenter: Optional[nn.Module], cfg: LossConfig,
+                 train_segmenter: bool = True) -> None:
         super().__init__()
         self.fusion = fusion
         self.segmenter = segmenter if cfg.seg_ce > 0 else None
+        self.train_segmenter = train_segmenter
+        if self.segmenter is not None and not train_segmenter:
+            freeze(self.segmenter)
         self.fusion_loss = fusion_loss_from(cfg)
         self.w_seg_ce = cfg.seg_ce
         self.seg_criterion = seg_criterion_from(cfg)
+
+    def train(self, mode: bool = True) -> "TeacherObjective":
+        """Train/eval mode; a frozen segmenter stays in eval mode (its BatchNorm statistics fixed)."""
+        super().train(mode)
+        if self.segmenter is not None and not self.train_segmenter:
+            self.segmenter.eval()
+        return self
 
     def forward(self, batch: dict) -> Dict[str, Tensor]:
         out = self.fusion(batch["ir"], batch["vis_y"])

@@ -100,7 +100,8 @@ def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, 
         objective = SSVIFObjective.from_config(teacher, segmenter, cfg.loss)
         dynamic = ssvif_dynamic_weights(cfg.loss)
     else:
-        objective, dynamic = TeacherObjective(teacher, segmenter, cfg.loss), None
+        objective = TeacherObjective(teacher, segmenter, cfg.loss, train_segmenter=cfg.segmenter.finetune)
+        dynamic = None
     optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, _loader(cfg, cfg.teacher.batch_size))
     result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
