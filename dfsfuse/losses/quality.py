@@ -9,12 +9,27 @@ brighter; Q^AB/F measures exactly that loss, weighted by how strong each source 
 Both follow the published definitions (see ``docs/metrics.md``) with the non-differentiable
 corners made smooth:
 
-- **Q^AB/F** (``qabf_loss = 1 − Q``): Sobel gradients ``g = √(gx² + gy² + ε²)``, orientation
-  ``α = atan(gy / gx)`` with ``gx`` kept away from 0, strength ratio ``min(g_X, g_F) / max(g_X, g_F)``
+- **Q^AB/F** (``qabf_loss = 1 − Q``): Sobel gradients ``g = √(gx² + gy² + ε²)``, strength ratio ``min(g_X, g_F) / max(g_X, g_F)``
   and orientation agreement ``1 − |α_X − α_F| / (π/2)`` through the metric's sigmoids
   (Γ_g = 0.9994, κ_g = −15, σ_g = 0.5; Γ_α = 0.9879, κ_α = −22, σ_α = 0.8), and
   ``Q = Σ(Q_AF·g_A + Q_BF·g_B) / Σ(g_A + g_B)``. The evaluator's ``g_F`` quirk where
   ``g_X == g_F`` is left out (it has measure zero for a network's output).
+
+  Two changes make it trainable from a fusion rule, where F *copies* a source locally
+  (``max``, ``region-max``; every fusion head starts there):
+
+  1. orientations are compared modulo π, as the angle between the two gradient lines
+     (``atan2(|g_X × g_F|, |g_X · g_F|)``, with ε² inside both magnitudes). The metric's
+     ``atan(gy/gx)`` jumps by π when ``gx`` changes sign, so on every near-horizontal edge
+     (``gx ≈ 0``, common in 8-bit images) its ``|α_X − α_F|`` jumps from 0 to π under an
+     arbitrarily small change of F: a loss built on it is discontinuous exactly at the rule,
+     a line search along its own gradient went *uphill* at every step size, and networks
+     trained with it ended below the rule they started from. The two angles are the same
+     orientation, which is what the term is meant to measure; a fusion that keeps the
+     source's pixels keeps the metric's sign too.
+  2. the cusp of ``min/max`` (``= exp(−|log g_X − log g_F|)``) at ``g_F = g_X`` is smoothed
+     (``|x| → √(x² + δ²) − δ``, δ = 0.05), so the peak where F copies X is flat instead of a
+     corner that every gradient step falls off.
 - **VIF** (``vif_loss = 2 − VIF``, so 0 when F carries all the information of both sources):
   ``vifp(X → F)`` summed over ``X ∈ {A, B}``, four scales with Gaussian windows 17, 9, 5, 3
   (σ = N/5), "valid" filtering, ``σ_n² = 2`` grey levels², on grey levels in [0, 255] in
@@ -41,26 +56,31 @@ _HALF_PI = math.pi / 2
 _TG, _KG, _DG = 0.9994, -15.0, 0.5
 _TA, _KA, _DA = 0.9879, -22.0, 0.8
 _GRAD_EPS = 1e-3  # in [0, 1] intensity units of a Sobel response (≈ 0.25 grey levels)
+_SMOOTH_RATIO = 0.05  # δ of the smoothed |log-ratio| (5% strength difference)
 
 _VIF_WINDOWS = (17, 9, 5, 3)
 _VIF_NOISE_VAR = 2.0
 _VIF_EPS = 1e-10
 
 
-def _strength_angle(x: Tensor) -> tuple[Tensor, Tensor]:
-    gx, gy = sobel_gradients(x)
-    strength = torch.sqrt(gx * gx + gy * gy + _GRAD_EPS**2)
-    gx_safe = torch.where(gx.abs() < _GRAD_EPS, torch.full_like(gx, _GRAD_EPS) * torch.where(gx < 0, -1.0, 1.0), gx)
-    return strength, torch.atan(gy / gx_safe)
-
-
 def qabf_map(fused: Tensor, ir: Tensor, vis_y: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pixel ``(Q_AF·g_A + Q_BF·g_B, g_A + g_B)``; their sums' ratio is Q^AB/F."""
     with torch.autocast(device_type=fused.device.type, enabled=False):
-        g, a = _strength_angle(torch.cat([ir, vis_y, fused], 1).float())
-        g_src, a_src, g_f, a_f = g[:, :2], a[:, :2], g[:, 2:], a[:, 2:]
-        ratio = torch.minimum(g_src, g_f) / torch.maximum(g_src, g_f)
-        orientation = 1 - (a_src - a_f).abs() / _HALF_PI
+        gx, gy = sobel_gradients(torch.cat([ir, vis_y, fused], 1).float())
+        g = torch.sqrt(gx * gx + gy * gy + _GRAD_EPS**2)
+        g_src, g_f = g[:, :2], g[:, 2:]
+        # Strength: min(g_X, g_F) / max(g_X, g_F) = exp(−|log g_X − log g_F|), its cusp at
+        # g_X = g_F smoothed (|x| → √(x² + δ²) − δ).
+        log_ratio = torch.log(g_src) - torch.log(g_f)
+        ratio = torch.exp(_SMOOTH_RATIO - torch.sqrt(log_ratio * log_ratio + _SMOOTH_RATIO**2))
+        # Orientation: the angle between the two gradient *lines* (modulo π), in [0, π/2], from
+        # their dot and cross products; ε² inside the magnitudes makes it smooth everywhere,
+        # with a flat peak where F's gradient is parallel to X's.
+        dot = gx[:, :2] * gx[:, 2:] + gy[:, :2] * gy[:, 2:]
+        cross = gx[:, :2] * gy[:, 2:] - gy[:, :2] * gx[:, 2:]
+        tiny = _GRAD_EPS**4
+        angle = torch.atan2(torch.sqrt(cross * cross + tiny), torch.sqrt(dot * dot + tiny))
+        orientation = 1 - angle / _HALF_PI
         q = _TG / (1 + torch.exp(_KG * (ratio - _DG))) * _TA / (1 + torch.exp(_KA * (orientation - _DA)))
         return (q * g_src).sum(1, keepdim=True), g_src.sum(1, keepdim=True)
 
