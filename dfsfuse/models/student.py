@@ -7,8 +7,8 @@ Layout (``width`` = W):
 - fusion: 1×1 conv of both encodings (2W→W) → dilated separable residual block
   → feature ``fusion`` (W);
 - decoder: 1×1 conv of [fusion, enc_ir, enc_vis] (dense link, 3W→W) → separable residual
-  block → feature ``decoder`` (W) → 3×3 :class:`FusionHead` (default ``blend``: a learned
-  per-pixel weighting of the two inputs plus a free residual, clamped to [0, 1]).
+  block → feature ``decoder`` (W) → 3×3 :class:`FusionHead` (default ``region``: a learned
+  weighting of the two inputs around the regional-max prior plus a free residual, clamped to [0, 1]).
 
 Every conv has stride 1, so the network takes any H×W without padding, its ONNX export
 keeps dynamic height/width, and all features are at the input size. On CPU the maps are
