@@ -214,3 +214,26 @@ def test_speed_script_default_is_quick_teacher_vs_students(tmp_path):
     assert all(s["reference_mode"] == "eager" and s["mode"] in modes for s in best.values())
     assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
 
+
+
+def test_pictures_grid_crops_where_the_student_differs_from_max(tmp_path, exported):
+    import numpy as np
+    from PIL import Image
+
+    pictures = load_script(REPO / "benchmarks" / "pictures.py", "bench_pictures")
+    diff = np.zeros((20, 30))
+    diff[12:16, 3:9] = 1.0
+    assert pictures.crop_window(diff, 4, 6) == (12, 3)
+    png = tmp_path / "pictures.png"
+    assert pictures.main(["--teacher", str(exported["teacher"]), "--student", str(exported["student"]),
+                          "--width", "600", "--png", str(png)]) == 0
+    doc = json.loads(png.with_suffix(".json").read_text())
+    assert doc["columns"] == ["ir", "vis", "max", "region-max", "teacher", "student"]
+    assert [c["pair"] for c in doc["crops"]] == ["00008N", "00016N", "00081D", "00091D"]  # bundled, night and day
+    for c in doc["crops"]:
+        assert c["crop"]["height"] == 120 and c["crop"]["width"] == 160
+        assert c["mean_abs_diff_to_max_in_crop"]["max"] == 0.0
+    with Image.open(png) as img:
+        assert img.size == (600, 600)  # 8 rows (4 pairs + 4 crops) of 6 panels with a 4:3 aspect
+    with pytest.raises(SystemExit):
+        pictures.main(["--student", str(tmp_path / "missing")])
