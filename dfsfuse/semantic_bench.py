@@ -37,8 +37,9 @@ from .metrics.segmentation import ConfusionMatrix
 
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
-BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
-RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max")
+BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "teacher", "student")
+DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
+RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max")
 # MFNet / RTFNet colours of the 9 MSRS classes (RGB).
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192),
@@ -201,7 +202,7 @@ class InputKind:
         """What the kind is, for the settings record."""
         if self.rule is not None:
             return {"ir": "infrared alone", "vis": "visible luminance alone", "avg": "(ir + vis) / 2",
-                    "max": "max(ir, vis)"}[self.rule]
+                    "max": "max(ir, vis)", "region-max": "regional max (dfsfuse.baselines)"}[self.rule]
         return self.source
 
 
@@ -286,7 +287,7 @@ def parse_named(items: Sequence[str], option: str) -> Dict[str, Path]:
     return out
 
 
-def resolve_kinds(builtins: Sequence[str] = BUILTIN_KINDS, teacher: Optional[os.PathLike] = None,
+def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.PathLike] = None,
                   student: Optional[os.PathLike] = None, models: Optional[Dict[str, Path]] = None,
                   fused: Optional[Dict[str, Path]] = None, device: str = "cpu") -> Tuple[List[InputKind], Dict[str, str]]:
     """The kinds to benchmark and the skipped ones (``{name: why}``).

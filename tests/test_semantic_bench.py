@@ -227,9 +227,9 @@ def test_parser_constants_agree_with_the_library_and_import_no_torch():
 
     from dfsfuse.commands import segbench
     from dfsfuse.losses import SEG_LOSS_MODES
-    from dfsfuse.semantic_bench import BUILTIN_KINDS
+    from dfsfuse.semantic_bench import BUILTIN_KINDS, DEFAULT_KINDS
 
-    assert segbench.BUILTIN_KINDS == BUILTIN_KINDS and set(segbench.SEG_LOSS_CHOICES) == set(SEG_LOSS_MODES)
+    assert segbench.DEFAULT_KINDS == DEFAULT_KINDS and segbench.BUILTIN_KINDS == BUILTIN_KINDS and set(segbench.SEG_LOSS_CHOICES) == set(SEG_LOSS_MODES)
     code = ("import argparse, sys; from dfsfuse.commands import segbench; "
             "segbench.register(argparse.ArgumentParser().add_subparsers()); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -94,7 +94,7 @@ def test_every_shipped_config_validates(path):
 
 def test_default_config_file_matches_and_validates():
     cfg = load_config(REPO / "recipes" / "configs" / "default.yaml")
-    assert cfg.model.teacher == "teacher" and cfg.model.student == "student"
+    assert cfg.model.teacher == "teacher" and cfg.model.student == "student_fast"
     assert cfg.eval.sets[0].root == "bundled:msrs" and cfg.eval.sets[0].split == "test"
 
 

@@ -15,7 +15,8 @@ from typing import Optional
 
 # Torch-free copies of dfsfuse.semantic_bench's constants: building parsers must not import torch
 # (``dfsfuse --help`` stays fast); tests/test_semantic_bench.py checks they agree.
-BUILTIN_KINDS = ("ir", "vis", "avg", "max", "teacher", "student")
+BUILTIN_KINDS = ("ir", "vis", "avg", "max", "region-max", "teacher", "student")
+DEFAULT_KINDS = ("ir", "vis", "avg", "max", "teacher", "student")
 SEG_LOSS_CHOICES = ("weighted", "ohem", "plain")
 
 
@@ -26,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
                              "default ../shared/data/msrs/train ($DFSFUSE_SHARED_DATA overrides ../shared/data)")
     parser.add_argument("--test", type=Path, metavar="DIR",
                         help="labelled test folder, same layout (default ../shared/data/msrs/val)")
-    parser.add_argument("--kinds", nargs="+", default=list(BUILTIN_KINDS), metavar="KIND",
-                        help=f"built-in input kinds, any of {' '.join(BUILTIN_KINDS)} (default: all)")
+    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), metavar="KIND",
+                        help=f"built-in input kinds, any of {' '.join(BUILTIN_KINDS)} "
+                             f"(default: {' '.join(DEFAULT_KINDS)})")
     parser.add_argument("--teacher", type=Path, metavar="DIR",
                         help="teacher model folder (default: the shipped dfsfuse/assets/teacher; skipped if absent)")
     parser.add_argument("--student", type=Path, metavar="DIR",
