@@ -47,19 +47,32 @@ def model_config(model: nn.Module, **extra: Any) -> Dict[str, Any]:
     return config
 
 
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+"""How floating-point weights may be stored on disk; loading always restores the model's float32."""
+
+
 def save_pretrained(model: nn.Module, out_dir: PathLike, card: Optional[str] = None,
-                    files: Optional[Dict[str, PathLike]] = None, **extra: Any) -> Path:
+                    files: Optional[Dict[str, PathLike]] = None, storage: str = "float32", **extra: Any) -> Path:
     """Write ``model`` to ``out_dir`` atomically (built in a temp folder, then renamed).
 
     ``card`` is the model card text (``README.md``); ``files`` maps extra file names (a sample
     image, an ONNX graph) to paths copied in; ``extra`` goes into ``config.json``.
-    Refuses to write non-finite weights.
+    ``storage="float16"`` halves the file (floating tensors stored in half precision, recorded
+    as ``"storage": "float16"`` in ``config.json``); :func:`from_pretrained` loads them back into
+    the float32 model. Refuses to write non-finite weights, also ones that overflow float16.
     """
     out_dir = Path(out_dir)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
+    dtype = STORAGE_DTYPES[storage]
+    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().to("cpu")).contiguous()
+             for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise ValueError(f"{out_dir}: refusing to export non-finite weights ({bad[0]})")
+        why = "non-finite" if storage == "float32" else f"non-finite or beyond {storage} range"
+        raise ValueError(f"{out_dir}: refusing to export {why} weights ({bad[0]})")
+    if storage != "float32":
+        extra = {**extra, "storage": storage}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -81,6 +94,19 @@ def save_pretrained(model: nn.Module, out_dir: PathLike, card: Optional[str] = N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def copy_model_folder(src: PathLike, dst: PathLike, storage: str = "float32") -> Path:
+    """Copy a model folder (weights, ``config.json``, card and other top-level files, not
+    subfolders) to ``dst`` atomically, re-storing the weights as ``storage``; e.g. a run's
+    teacher shipped in float16. The config keeps every entry of the source's."""
+    src = Path(src)
+    config = read_model_config(src)
+    model = from_pretrained(src)
+    extra = {k: v for k, v in config.items() if k not in ("architecture", "kwargs", "kind", "dfsfuse_version", "storage")}
+    card = (src / CARD_NAME).read_text() if (src / CARD_NAME).is_file() else None
+    files = {f.name: f for f in src.iterdir() if f.is_file() and f.name not in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)}
+    return save_pretrained(model, dst, card=card, files=files, storage=storage, **extra)
 
 
 def _resolve(path_or_hub_id: PathLike, revision: Optional[str] = None) -> Path:
