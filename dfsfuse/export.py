@@ -22,6 +22,10 @@ from . import __version__
 
 SHIPPED_STUDENT = Path(__file__).resolve().parent / "assets" / "student"
 """The pretrained student shipped in the package (used by ``dfsfuse fuse`` when no model is given)."""
+SHIPPED_TEACHER = SHIPPED_STUDENT.with_name("teacher")
+"""The teacher the shipped student was distilled from (float16 storage)."""
+SHIPPED_SEGMENTER = SHIPPED_STUDENT.with_name("segmenter")
+"""The segmenter of that run (9 MSRS classes, reads a fused luminance; float16 storage)."""
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
