@@ -353,7 +353,8 @@ def _file_digest(paths: Sequence[Path]) -> str:
 def teacher_digest(teacher_dir: os.PathLike) -> str:
     """A short hash of the teacher's and its segmenter's weights (identifies cached runs)."""
     d = Path(teacher_dir)
-    return _file_digest([RunLayout.model_weights_of(d), RunLayout.model_weights_of(RunLayout.segmenter_of(d))])
+    seg = RunLayout.find_segmenter(d) or RunLayout.segmenter_of(d)
+    return _file_digest([RunLayout.model_weights_of(d), RunLayout.model_weights_of(seg)])
 
 
 def _fingerprint(cfg: Any, settings: AblationSettings, teacher_id: str) -> str:
@@ -438,7 +439,7 @@ def train_variant(settings: AblationSettings, variant: str, seed: int, run_dir: 
     needs_seg = cfg.loss.semantic_weighting or cfg.loss.seg_kl > 0 or cfg.loss.seg_ce > 0
     if needs_seg and segmenter is None:
         raise ValueError(f"{settings.teacher}: variant {variant!r} needs the teacher's segmenter "
-                         f"(teacher/segmenter/), which this folder lacks")
+                         f"(teacher/segmenter/ or a segmenter/ folder beside it), which this folder lacks")
     initial = {k: v.detach().clone() for k, v in student.state_dict().items()}
     t0 = time.time()
     try:

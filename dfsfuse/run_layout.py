@@ -105,6 +105,16 @@ class RunLayout:
         return Path(teacher_dir) / SEGMENTER_DIR
 
     @staticmethod
+    def find_segmenter(teacher_dir: Union[str, os.PathLike]) -> Optional[Path]:
+        """The segmenter that goes with a teacher folder, for reading: its ``segmenter/``
+        subfolder (a run's teacher), else a ``segmenter`` folder beside it (the package's
+        ``assets/teacher`` + ``assets/segmenter``); ``None`` when neither holds a model."""
+        for candidate in (Path(teacher_dir) / SEGMENTER_DIR, Path(teacher_dir).parent / SEGMENTER_DIR):
+            if (candidate / MODEL_CONFIG_NAME).is_file() and candidate.resolve() != Path(teacher_dir).resolve():
+                return candidate
+        return None
+
+    @staticmethod
     def model_config_of(model_dir: Union[str, os.PathLike]) -> Path:
         """The ``config.json`` of any model folder (in a run or not)."""
         return Path(model_dir) / MODEL_CONFIG_NAME

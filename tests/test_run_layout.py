@@ -134,3 +134,21 @@ def test_ablation_builds_no_model_file_paths() -> None:
     names = {"config.json", "model.safetensors"}
     hits = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in names]
     assert hits == []
+
+
+def test_find_segmenter_inside_a_run_teacher_or_beside_the_shipped_one(tmp_path):
+    run_teacher = tmp_path / "run" / "teacher"
+    (run_teacher / "segmenter").mkdir(parents=True)
+    (run_teacher / "config.json").write_text("{}")
+    assert RunLayout.find_segmenter(run_teacher) is None            # no model in segmenter/ yet
+    (run_teacher / "segmenter" / "config.json").write_text("{}")
+    assert RunLayout.find_segmenter(run_teacher) == run_teacher / "segmenter"
+    assets = tmp_path / "assets"
+    for name in ("teacher", "segmenter"):
+        (assets / name).mkdir(parents=True)
+        (assets / name / "config.json").write_text("{}")
+    assert RunLayout.find_segmenter(assets / "teacher") == assets / "segmenter"
+    # A folder named segmenter is never its own segmenter.
+    assert RunLayout.find_segmenter(assets / "segmenter") is None
+    # Writing still goes inside the teacher's folder.
+    assert RunLayout.segmenter_of(assets / "teacher") == assets / "teacher" / "segmenter"

@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..export import CONFIG_NAME, from_pretrained, save_pretrained
+from ..export import from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
 from ..run_layout import RunLayout
@@ -124,10 +124,11 @@ def export_teacher(objective: nn.Module, out: Path, cfg: RunConfig, result: Stag
 
 
 def load_teacher(folder: Path, device: torch.device) -> Tuple[nn.Module, Optional[nn.Module]]:
-    """A teacher exported by stage 1 (and its segmenter, if saved beside it)."""
+    """A teacher exported by stage 1 (and its segmenter, in ``segmenter/`` or beside it; see
+    :meth:`RunLayout.find_segmenter`)."""
     teacher = from_pretrained(folder, device=device)
-    seg_dir = RunLayout.segmenter_of(folder)
-    segmenter = from_pretrained(seg_dir, device=device) if (seg_dir / CONFIG_NAME).is_file() else None
+    seg_dir = RunLayout.find_segmenter(folder)
+    segmenter = from_pretrained(seg_dir, device=device) if seg_dir is not None else None
     return teacher, segmenter
 
 
