@@ -148,7 +148,8 @@ def test_tiny_run_writes_metrics_comparison_and_exports(tiny_run):
     from huggingface_hub import ModelCard
 
     data = ModelCard(card).data  # the hub's own parser reads the front matter (no network)
-    assert data.library_name == "dfsfuse" and "student" in data.tags and "VIF" in data.metrics
+    architecture = json.loads((tiny_run / "student" / "config.json").read_text())["architecture"]
+    assert data.library_name == "dfsfuse" and architecture in data.tags and "VIF" in data.metrics
     assert data.eval_results is None  # "heldout" is a local set, not a hub id
     log = read_log(tiny_run / "log.jsonl")
     assert [r["step"] for r in log if "student/loss" in r] == [1, 2, 3, 4]
