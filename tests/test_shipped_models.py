@@ -1,0 +1,52 @@
+"""The trained models shipped in the package: they load, are what the docs say, and fuse sensibly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dfsfuse.baselines import baseline_fusion
+from dfsfuse.data import bundled_msrs_root
+from dfsfuse.export import SHIPPED_SEGMENTER, SHIPPED_STUDENT, SHIPPED_TEACHER, from_pretrained
+from dfsfuse.metrics import fusion_metrics_batch
+
+
+@pytest.mark.parametrize("folder,architecture,kind,storage", [
+    (SHIPPED_STUDENT, "student_fast", "fusion", None),
+    (SHIPPED_TEACHER, "teacher", "fusion", "float16"),
+    (SHIPPED_SEGMENTER, "segmenter", "segmentation", "float16"),
+])
+def test_shipped_model_loads_in_float32_with_a_card(folder, architecture, kind, storage):
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == architecture and config["kind"] == kind
+    assert config.get("storage") == storage
+    model = from_pretrained(folder)
+    assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    card = (folder / "README.md").read_text()
+    assert "msrs_train" in card  # what it was trained on
+    if kind == "fusion":
+        assert config["kwargs"]["head"] == "region"
+        assert "| max |" in card.replace("`", "")  # held-out numbers next to the max rule
+
+
+def test_shipped_student_and_teacher_fuse_a_bundled_pair_above_max_on_vif():
+    """On a held-out bundled MSRS pair (never trained on) both shipped fusion networks keep
+    more visual information than the max rule, and stay close to each other."""
+    root = bundled_msrs_root() / "test"
+    name = "00081D.png"
+    ir = np.asarray(Image.open(root / "ir" / name).convert("L"), np.float64)
+    vis = np.asarray(Image.open(root / "vi" / name).convert("L"), np.float64)
+    a, b = (torch.from_numpy(x / 255).float()[None, None] for x in (ir, vis))
+    fused = {}
+    with torch.inference_mode():
+        for label, folder in (("student", SHIPPED_STUDENT), ("teacher", SHIPPED_TEACHER)):
+            out = from_pretrained(folder)(a, b).fused[0, 0].double().numpy()
+            fused[label] = np.clip(np.round(out * 255), 0, 255)
+    fused["max"] = baseline_fusion(ir, vis, "max").astype(np.float64)
+    vif = {k: float(fusion_metrics_batch(f, ir, vis, metrics=("VIF",))["VIF"][0]) for k, f in fused.items()}
+    assert vif["teacher"] > vif["max"] and vif["student"] > vif["max"]
+    assert np.abs(fused["student"] - fused["teacher"]).mean() < 6  # grey levels
