@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
         # Stage 4: export the student (and record everything in metrics.json).
         training = {"datasets": [s.name or s.root for s in cfg.data.train] + (["synthetic scenes"] if cfg.data.synthetic else []),
                     "steps (teacher / student)": f"{cfg.stage_steps('teacher')} / {result.steps}",
+                    **({"segmenter": segmenter_history(cfg)} if cfg.stage_steps("segmenter") > 0 else {}),
                     "recipe": "recipes/distill.py", "config": cfg.to_dict()}
         files = {SAMPLE_NAME: layout.sample} if fusion.strips else {}
         card_metrics = {m: fusion.metrics[m] for m in ("avg", "max", "teacher", "student") if m in fusion.metrics}
@@ -144,6 +145,15 @@ def segmentation_markdown(segmentation: dict) -> str:
         parts.append(f"The run's segmenter on **{name}** (real labels, never trained on), fed with each input "
                      "(fusions rounded to 8 bits as saved):\n\n" + "\n".join(rows))
     return "\n\n".join(parts)
+
+
+def segmenter_history(cfg) -> str:
+    """How a stage-0 segmenter was trained, for the cards (the datasets line lists every training set)."""
+    stage = cfg.segmenter
+    after = "fine-tuned with the teacher in stage 1" if stage.finetune else "then frozen (stage 1 trains only the teacher)"
+    return (f"pre-trained alone for {cfg.stage_steps('segmenter')} steps (batch {stage.batch_size}, "
+            f"{stage.crop[0]}×{stage.crop[1]} crops, loss.seg_loss={cfg.loss.seg_loss}) on the labelled training pairs "
+            f"fused by {stage.input}; {after}")
 
 
 def write_teacher_cards(folder: Path, teacher, segmenter, summary: dict, card_metrics: dict, seg_section: str,
