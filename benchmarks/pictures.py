@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--pairs", type=Path, default=None, help="folder of ir/ + vi/ pairs (default: bundled MSRS test)")
     p.add_argument("--rules", default="max,region-max", help="rule columns, comma-separated")
     p.add_argument("--crop", type=float, default=0.25, help="crop size as a fraction of the image side")
-    p.add_argument("--width", type=int, default=2048, help="picture width in pixels (rows are scaled to it)")
+    p.add_argument("--width", type=int, default=1536, help="picture width in pixels (rows are scaled to it)")
     p.add_argument("--png", type=Path, default=RESULTS / "pictures.png")
     args = p.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
