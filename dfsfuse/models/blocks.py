@@ -76,8 +76,8 @@ def _region_taps() -> list[float]:
 _REGION_TAPS = _region_taps()
 
 
-def _blur_along(y: Tensor, dim: int) -> Tensor:
-    """The region Gaussian along ``dim`` (-1 or -2) of a map padded by ``REGION_WINDOW // 2`` there.
+def _blur_along(x: Tensor, dim: int) -> Tensor:
+    """The region Gaussian along ``dim`` (-1 or -2), edge-replicated borders, same size.
 
     A sum of shifted slices (taps paired by symmetry, accumulated in place), not a depthwise
     conv: PyTorch's CPU kernel for a 1×19 depthwise conv made this blur 2/3 of ``student_fast``'s
@@ -85,6 +85,10 @@ def _blur_along(y: Tensor, dim: int) -> Tensor:
     rounding). Slices end at negative offsets, so traced graphs stay size-independent.
     """
     n, r = REGION_WINDOW, REGION_WINDOW // 2
+    # Replicate padding by concatenating edge slices (not F.pad): the ONNX graph then keeps the
+    # static channel dimension, which a traced replicate Pad loses.
+    first, last = (x[..., :1], x[..., -1:]) if dim == -1 else (x[..., :1, :], x[..., -1:, :])
+    y = torch.cat([first] * r + [x] + [last] * r, dim=dim)
 
     def shifted(k: int) -> Tensor:
         index = slice(k, (k - (n - 1)) or None)
@@ -99,10 +103,8 @@ def _blur_along(y: Tensor, dim: int) -> Tensor:
 def region_logits(ir: Tensor, vis_y: Tensor) -> Tensor:
     """``REGION_GAIN · (G_σ * ir − G_σ * vis)``: the ``region`` head's prior selection logits
     (the ``region-max`` rule's, see :mod:`dfsfuse.baselines`); edge-replicated borders."""
-    r = REGION_WINDOW // 2
     # The blur and the replicate padding are linear: blurring the difference once is exact.
-    x = F.pad(ir - vis_y, (r, r, r, r), mode="replicate")
-    return REGION_GAIN * _blur_along(_blur_along(x, -2), -1)
+    return REGION_GAIN * _blur_along(_blur_along(ir - vis_y, -2), -1)
 
 
 def fused_from_head(raw: Tensor, ir: Tensor, vis_y: Tensor, kind: str, sharpness: float = 20.0) -> Tensor:
