@@ -27,7 +27,8 @@ import numpy as np
 
 from .options import BASELINE_METHODS
 
-__all__ = ["BASELINE_METHODS", "CONTRAST_GAIN", "baseline_fusion", "poisson_fusion", "region_max_fusion"]
+__all__ = ["BASELINE_METHODS", "CONTRAST_GAIN", "REGION_GAIN", "REGION_SIGMA", "REGION_WINDOW", "baseline_fusion",
+           "poisson_fusion", "region_max_fusion", "region_taps"]
 
 CONTRAST_GAIN = 1.1
 
@@ -65,26 +66,36 @@ def poisson_fusion(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
     return out - out.mean() + np.maximum(a, b).mean()
 
 
-REGION_SIGMA, REGION_WINDOW, REGION_GAIN = 3.0, 19, 400.0
-"""The ``region-max`` rule's constants (the same as :mod:`dfsfuse.models.blocks`'s ``region`` head)."""
+REGION_SIGMA = 3.0
+"""Gaussian σ (pixels) of the local brightness the ``region-max`` rule (and the ``region`` head) compares."""
+REGION_WINDOW = 19
+"""Taps of that Gaussian (2·round(3σ) + 1)."""
+REGION_GAIN = 400.0
+"""Steepness of the selection on [0, 1] intensities: a 1-grey-level difference of local means ≈ 1.6 logits."""
 
 
-def _gaussian_blur(x: np.ndarray, window: int, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with edge-replicated borders, same size (float64)."""
-    t = np.arange(window) - (window - 1) / 2
-    g = np.exp(-(t * t) / (2 * sigma * sigma))
-    g /= g.sum()
-    r = window // 2
+def region_taps() -> np.ndarray:
+    """The ``REGION_WINDOW`` normalised Gaussian taps (float64) shared by this rule and the ``region`` head."""
+    t = np.arange(REGION_WINDOW) - (REGION_WINDOW - 1) / 2
+    g = np.exp(-(t * t) / (2 * REGION_SIGMA * REGION_SIGMA))
+    return g / g.sum()
+
+
+def _region_blur(x: np.ndarray) -> np.ndarray:
+    """Separable region Gaussian with edge-replicated borders, same size (float64)."""
+    g = region_taps()
+    r = REGION_WINDOW // 2
     p = np.pad(x, r, mode="edge")
     h, w = x.shape
-    rows = sum(g[k] * p[:, k : k + w] for k in range(window))
-    return sum(g[k] * rows[k : k + h, :] for k in range(window))
+    rows = sum(g[k] * p[:, k : k + w] for k in range(REGION_WINDOW))
+    return sum(g[k] * rows[k : k + h, :] for k in range(REGION_WINDOW))
 
 
 def region_max_fusion(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
     """Float H×W soft regional maximum of two grey images in [0, 255] (see the module docstring)."""
     a, b = np.asarray(ir, np.float64), np.asarray(vis, np.float64)
-    diff = _gaussian_blur(a / 255.0, REGION_WINDOW, REGION_SIGMA) - _gaussian_blur(b / 255.0, REGION_WINDOW, REGION_SIGMA)
+    # The blur and the edge padding are linear: blurring the difference once is exact.
+    diff = _region_blur((a - b) / 255.0)
     w = 0.5 * (1 + np.tanh(0.5 * REGION_GAIN * diff))  # = sigmoid, without overflow warnings
     return b + w * (a - b)
 

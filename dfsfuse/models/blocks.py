@@ -11,6 +11,7 @@ from einops import rearrange
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
+from ..baselines import REGION_GAIN, REGION_WINDOW, region_taps
 from ..wavelets import DWTForward, DWTInverse
 
 
@@ -52,13 +53,6 @@ def fused_from_residual(residual: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
 HEADS: tuple[str, ...] = ("region", "blend", "residual")
 """Output heads every fusion network accepts (``head=`` kwarg); see :class:`FusionHead`."""
 
-REGION_SIGMA = 3.0
-"""Gaussian σ (pixels) of the local brightness the ``region`` head compares."""
-REGION_WINDOW = 19
-"""Taps of that Gaussian (2·round(3σ) + 1)."""
-REGION_GAIN = 400.0
-"""Steepness of the ``region`` head's selection: a 1-grey-level difference of local means ≈ 1.6 logits."""
-
 
 def head_channels(kind: str) -> int:
     """How many maps a head of ``kind`` predicts: 2 for ``region``/``blend`` (z, r), 1 for ``residual`` (r)."""
@@ -67,13 +61,7 @@ def head_channels(kind: str) -> int:
     return 1 if kind == "residual" else 2
 
 
-def _region_taps() -> list[float]:
-    t = torch.arange(REGION_WINDOW, dtype=torch.float64) - (REGION_WINDOW - 1) / 2
-    g = torch.exp(-(t * t) / (2 * REGION_SIGMA**2))
-    return (g / g.sum()).tolist()
-
-
-_REGION_TAPS = _region_taps()
+_REGION_TAPS = region_taps().tolist()  # the region-max rule's Gaussian (dfsfuse.baselines)
 
 
 def _blur_along(x: Tensor, dim: int) -> Tensor:
