@@ -110,7 +110,7 @@ class RunLayout:
         subfolder (a run's teacher), else a ``segmenter`` folder beside it (the package's
         ``assets/teacher`` + ``assets/segmenter``); ``None`` when neither holds a model."""
         for candidate in (Path(teacher_dir) / SEGMENTER_DIR, Path(teacher_dir).parent / SEGMENTER_DIR):
-            if (candidate / MODEL_CONFIG_NAME).is_file() and candidate.resolve() != Path(teacher_dir).resolve():
+            if RunLayout.is_model_dir(candidate) and candidate.resolve() != Path(teacher_dir).resolve():
                 return candidate
         return None
 

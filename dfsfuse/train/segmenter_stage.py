@@ -25,8 +25,10 @@ from torch import Tensor, nn
 
 from ..baselines import baseline_fusion
 from ..data import DatasetError
-from ..export import CONFIG_NAME, from_pretrained, save_pretrained
+from ..export import from_pretrained, save_pretrained
+from ..losses import class_weights_from_labels
 from ..run_layout import RunLayout
+from ..semantic_bench import SegBenchSettings, train_segmenter
 from .config import RunConfig
 from .data import open_spec, spec_name
 from .progress import StageProgress
@@ -62,15 +64,12 @@ def pretrain_segmenter(accelerator: Accelerator, cfg: RunConfig, segmenter: nn.M
                        resume: bool = False) -> nn.Module:
     """Stage 0 (``segmenter.steps > 0``): train ``segmenter`` on labelled pairs fused by
     ``segmenter.input``; returns it with the trained weights (every process), saved in the run."""
-    from ..losses import class_weights_from_labels
-    from ..semantic_bench import SegBenchSettings, train_segmenter
-
     stage = cfg.segmenter
     steps = cfg.stage_steps("segmenter")
     if steps <= 0:
         return segmenter
     out = RunLayout(run_dir).segmenter_init
-    if not (resume and (out / CONFIG_NAME).is_file()):
+    if not (resume and RunLayout.is_model_dir(out)):
         if accelerator.is_main_process:
             images, labels, used = labelled_training_pairs(cfg, stage.input)
             weights = class_weights_from_labels(torch.cat([y.flatten() for y in labels]))
