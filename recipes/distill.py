@@ -61,8 +61,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     t_start = time.time()
-    config_path = args.config or Path(__file__).with_name("configs") / "default.yaml"
-    cfg = load_config(config_path if config_path.is_file() else None, args.overrides)
+    # resolve(): launched through a symlink, the built-in default is still the repository's
+    # default.yaml; a missing config is an error, never a silent fall-back to the dataclass defaults.
+    config_path = args.config or Path(__file__).resolve().with_name("configs") / "default.yaml"
+    cfg = load_config(config_path, args.overrides)
     run_dir = prepare_run_dir(args.output, resume=args.resume, overwrite=args.overwrite)
     layout = RunLayout(run_dir)
     accelerator = make_accelerator(cfg, run_dir)

@@ -74,10 +74,47 @@ def test_kwargs_validation_and_rebuild():
         create_model("student_fast", head="nope")
     with pytest.raises(ValueError, match="positive"):
         create_model("student_fast", scale=0)
+    with pytest.raises(ValueError, match="upsample"):
+        create_model("student_fast", upsample="nearest")
     model = create_model("student_fast", width=8, scale=2)
     assert model.arch_config() == {"architecture": "student_fast",
-                                   "kwargs": {"width": 8, "scale": 2, "head": "region"}}
+                                   "kwargs": {"width": 8, "scale": 2, "head": "region", "upsample": "bilinear"}}
     assert isinstance(model_from_config(model.arch_config()), StudentFast)
+    # Exported before the kwarg existed: the head was a pixel shuffle, and its weights must still load.
+    old = model_from_config({"architecture": "student_fast", "kwargs": {"width": 8, "scale": 2, "head": "region"}})
+    assert old.upsample == "shuffle" and old.head.out_channels == 2 * 2 * 2
+
+
+def _phase_spread(x: torch.Tensor, period: int) -> float:
+    """Max − min over the period×period sub-pixel phases of the mean of ``x`` (B×1×H×W)."""
+    h, w = (x.shape[-2] // period) * period, (x.shape[-1] // period) * period
+    cells = x[..., :h, :w].reshape(-1, h // period, period, w // period, period)
+    phases = cells.mean(dim=(0, 1, 3))
+    return float(phases.max() - phases.min())
+
+
+@pytest.mark.parametrize("head", ["region", "residual"])
+def test_head_cannot_draw_a_fixed_subpixel_pattern(head):
+    """Whatever the weights, the default (bilinear) head adds no scale×scale grid to the fusion: a
+    flat pair stays flat away from the borders, and on a textured pair the fusion's deviation from
+    the head's rule has the same mean at every sub-pixel phase. The pixel-shuffle head (the first
+    design) fails both with the same weights in its body — the 4×4 pattern it learned in training."""
+    flat_ir, flat_vis = torch.full((1, 1, 128, 128), 0.3), torch.full((1, 1, 128, 128), 0.6)
+    ir, vis = _pair((96, 128), batch=2, seed=3)
+    spreads = {}
+    for upsample in ("bilinear", "shuffle"):
+        model = _trained_like(create_model("student_fast", head=head, upsample=upsample))
+        with torch.no_grad():
+            model.head.weight.mul_(0.02)  # a residual of a few grey levels: nothing clamped
+            model.head.bias.mul_(0.02)
+            # 7 layers of 3×3 convs at 1/4 resolution: zero padding reaches 28 px in from the border
+            flat = model(flat_ir, flat_vis).fused[..., 40:-40, 40:-40]
+            deviation = model(ir, vis).fused - model.fused_image(torch.zeros(2, 2 if head == "region" else 1,
+                                                                              96, 128), ir, vis)
+        spreads[upsample] = (float(flat.max() - flat.min()), _phase_spread(deviation, 4))
+    assert spreads["bilinear"][0] < 1e-5, spreads
+    assert spreads["bilinear"][1] < 0.1 * spreads["shuffle"][1], spreads
+    assert spreads["shuffle"][0] > 1e-3, spreads  # the check can tell a pattern when there is one
 
 
 def test_cheaper_than_the_plain_student():

@@ -123,8 +123,12 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
         raise KeyError("model config needs an 'architecture' entry")
     kwargs = dict(config.get("kwargs") or {})
     builder = get_model_spec(config["architecture"]).builder
-    if "head" not in kwargs and "head" in inspect.signature(builder).parameters:
+    parameters = inspect.signature(builder).parameters
+    if "head" not in kwargs and "head" in parameters:
         # Written before fusion models had a `head` kwarg (dfsfuse ≤ 0.1.0): they all used
         # the clamped residual over max(ir, vis).
         kwargs["head"] = "residual"
+    if "upsample" not in kwargs and "upsample" in parameters:
+        # Written before student_fast had an `upsample` kwarg: its head was a pixel shuffle.
+        kwargs["upsample"] = "shuffle"
     return create_model(config["architecture"], **kwargs)

@@ -13,12 +13,21 @@ its maps fit in cache and dense 3×3 convs keep the cores busy:
   encoding (no ``cat``), then one more :class:`RepConv` → ``fusion``;
 - decoder: ``fusion`` plus 1×1 convs of both encodings (a dense link, added rather than
   concatenated) → :class:`RepConv` → ``decoder``;
-- head: 3×3 conv to scale² channels per output map, pixel-shuffled back to full resolution
-  and cropped to H×W; what the maps mean (``head="region"``/``"blend"``: a learned soft
+- head: 3×3 conv to the output maps at 1/``scale`` resolution, upsampled bilinearly to full
+  resolution and cropped to H×W (``upsample="bilinear"``, the default); what the maps mean
+  (``head="region"``/``"blend"``: a learned soft
   selection of the inputs plus a residual; ``"residual"``: a residual over ``max(ir, vis_y)``) is decided in
   one place, :meth:`StudentFast.fused_image`.
 
-Full-resolution work is only the pad, the stem's read, the shuffle and the output rule; the
+Why bilinear and not a pixel-shuffle head (scale² channels per map, one per sub-pixel, the
+first design, still selectable as ``upsample="shuffle"``): nothing ties a shuffle head's 16
+sub-pixels together, and distilled on synthetic scenes it learned a ±10-grey-level 4×4 fixed
+pattern that wrecked its held-out VIF (README, Speed) while its training loss went down. Full
+detail needs no full-resolution maps here: it comes from the inputs themselves through the
+output rule (a selection of ``ir`` / ``vis_y`` at every pixel), so the head's maps only have
+to be smooth, and a bilinear upsample makes them so by construction (and costs less).
+
+Full-resolution work is only the pad, the stem's read, the upsample and the output rule; the
 body's maps are channels-last on CPU (oneDNN's fast layout for narrow convs).
 The four features are at H/scale × W/scale (rounded up); the distillation loss resizes them
 to the teacher's size (:class:`dfsfuse.losses.distill.FeatureDistillLoss`).
@@ -40,6 +49,9 @@ from torch import Tensor, nn
 from .blocks import HEADS, fused_from_head, head_channels
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
+
+UPSAMPLES: tuple[str, ...] = ("bilinear", "shuffle")
+"""How :class:`StudentFast`'s head reaches full resolution (``upsample=`` kwarg)."""
 
 BLEND_SHARPNESS = 20.0
 """``s`` in the blend weight ``sigmoid(z + s·(ir − vis_y))`` (the :class:`~dfsfuse.models.blocks.FusionHead` default)."""
@@ -132,7 +144,7 @@ class _Encoder(nn.Module):
 
 @register_model("student_fast")
 class StudentFast(FusionModel):
-    """Fast CPU student: patchify ×``scale``, RepVGG-style body at reduced resolution, pixel-shuffle head.
+    """Fast CPU student: patchify ×``scale``, RepVGG-style body at reduced resolution, upsampled head.
 
     Args:
         width: channels of every feature map (the size knob; 16 by default).
@@ -140,15 +152,21 @@ class StudentFast(FusionModel):
             at H/scale × W/scale.
         head: how the head's maps become the fused image, ``"region"``, ``"blend"`` or ``"residual"``, the
             same rules as every fusion network's :class:`~dfsfuse.models.blocks.FusionHead`.
+        upsample: how the head's low-resolution maps reach full resolution: ``"bilinear"``
+            (default: smooth maps, detail comes from the inputs through the rule) or
+            ``"shuffle"`` (pixel-shuffle of scale² channels per map; the first design, kept to
+            load models exported with it, prone to a fixed scale×scale pattern).
     """
 
-    def __init__(self, width: int = 16, scale: int = 4, head: str = "region") -> None:
+    def __init__(self, width: int = 16, scale: int = 4, head: str = "region", upsample: str = "bilinear") -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {upsample!r}")
         if scale < 1 or width < 1:
             raise ValueError(f"scale and width must be positive, got scale={scale}, width={width}")
-        self.width, self.scale, self.head_kind = width, scale, head
+        self.width, self.scale, self.head_kind, self.upsample = width, scale, head, upsample
         self.feature_stride = scale
         self.encoder_ir = _Encoder(width, scale)
         self.encoder_vis = _Encoder(width, scale)
@@ -161,8 +179,10 @@ class StudentFast(FusionModel):
         self.skip_ir = nn.Conv2d(width, width, 1)
         self.skip_vis = nn.Conv2d(width, width, 1, bias=False)
         self.decoder = RepConv(width, width)
-        # One map per output channel of the rule (blend: z and r; residual: r), s² cells each.
-        self.head = nn.Conv2d(width, head_channels(head) * scale * scale, 3, padding=1)
+        # One map per output channel of the rule (region/blend: z and r; residual: r), at low
+        # resolution (bilinear) or as s² sub-pixel cells each (shuffle).
+        cells = scale * scale if upsample == "shuffle" else 1
+        self.head = nn.Conv2d(width, head_channels(head) * cells, 3, padding=1)
         with torch.no_grad():  # zero: training starts at the head's rule (see blocks.OutputHead)
             self.head.weight.zero_()
             self.head.bias.zero_()
@@ -191,6 +211,11 @@ class StudentFast(FusionModel):
         enc_vis = self.encoder_vis(pad_to_scale(vis_y, self.scale))
         fusion = self.fuse(self.fuse_act(self.fuse_ir(enc_ir) + self.fuse_vis(enc_vis)))
         decoder = self.decoder(fusion + self.skip_ir(enc_ir) + self.skip_vis(enc_vis))
-        raw = F.pixel_shuffle(self.head(decoder), self.scale)[..., :height, :width]
+        raw = self.head(decoder)
+        if self.upsample == "shuffle":
+            raw = F.pixel_shuffle(raw, self.scale)
+        elif self.scale > 1:
+            raw = F.interpolate(raw, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        raw = raw[..., :height, :width]
         features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
         return FusionOutput(fused=self.fused_image(raw, ir, vis_y), features=features)
