@@ -7,11 +7,10 @@ only in the ``loss.*`` weights of the student stage (:data:`VARIANT_TERMS`):
 * ``output``   – + output distillation ``|F_s − F_t|``;
 * ``features`` – + feature (1×1 adapters) and wavelet sub-band distillation;
 * ``full``     – the full distilled semantic loss: the above weighted per pixel by the
-  segmenter's semantic map, + seg KL (student vs teacher segmentation), + seg CE on labels.
-
-SSVIF's label-free cross-segmentation consistency is not a variant: in this code base it is a
-stage-1 objective (:class:`dfsfuse.train.ssvif.SSVIFObjective` trains a fusion network *and*
-the segmenter from scratch); the student stage has no consistency term (see :data:`NOT_RUN`).
+  segmenter's semantic map, + seg KL (student vs teacher segmentation), + seg CE on labels;
+* ``ssvif``    – ``full`` with SSVIF's label-free cross-segmentation consistency instead of
+  the labels (``loss.student_consistency``: a feature-level segmentation of the student's
+  features must agree with the frozen segmenter on its fusion; no seg CE, no label read).
 
 Every run goes through the recipe's own machinery — :func:`dfsfuse.train.stages.build_models`
 and :func:`~dfsfuse.train.stages.distill_student` with an exported teacher folder (stage 1
@@ -56,18 +55,24 @@ from torch import nn
 from .atomic import atomic_path, write_text_atomic
 from .run_layout import RunLayout
 
-DISTILL_TERMS: Tuple[str, ...] = ("output", "feature", "frequency", "seg_kl", "seg_ce")
-"""The teacher-dependent ``loss.*`` weights of the student stage."""
+DISTILL_TERMS: Tuple[str, ...] = ("output", "feature", "frequency", "seg_kl", "seg_ce", "student_consistency")
+"""The teacher- and segmenter-dependent ``loss.*`` weights of the student stage."""
+
+TERM_WEIGHTS_WHEN_ON: Dict[str, float] = {"student_consistency": 0.2}
+"""Weight of a term a variant switches on when neither the base config nor
+:class:`~dfsfuse.train.config.LossConfig` gives it one (its default is 0: off in the recipe)."""
 
 VARIANT_TERMS: Dict[str, Tuple[str, ...]] = {
     "alone": (),
     "output": ("output",),
     "features": ("output", "feature", "frequency"),
     "full": ("output", "feature", "frequency", "seg_kl", "seg_ce"),
+    "ssvif": ("output", "feature", "frequency", "seg_kl", "student_consistency"),
 }
 """Variant → the distillation terms it switches on (every variant keeps the student's own fusion loss)."""
 
-SEMANTIC_WEIGHTING: Dict[str, bool] = {"alone": False, "output": False, "features": False, "full": True}
+SEMANTIC_WEIGHTING: Dict[str, bool] = {"alone": False, "output": False, "features": False, "full": True,
+                                        "ssvif": True}
 """Variant → whether the distillation terms are weighted per pixel by the segmenter's semantic map."""
 
 VARIANT_DESCRIPTIONS: Dict[str, str] = {
@@ -75,13 +80,11 @@ VARIANT_DESCRIPTIONS: Dict[str, str] = {
     "output": "+ output distillation |F_s - F_t|",
     "features": "+ feature (1x1 adapters) and wavelet sub-band distillation",
     "full": "full distilled semantic loss: semantic weighting, + seg KL, + seg CE on labels",
+    "ssvif": "full, with SSVIF's label-free cross-segmentation consistency instead of seg CE (no labels)",
 }
 
-NOT_RUN: Dict[str, str] = {
-    "ssvif": "SSVIF's label-free cross-segmentation consistency is a stage-1 objective here "
-             "(SSVIFObjective trains a fusion net and the segmenter, loss.consistency > 0 only affects "
-             "train_teacher); the student stage has no consistency term, so it is not a student variant",
-}
+NOT_RUN: Dict[str, str] = {}
+"""Variants named in the literature that this benchmark cannot run, with the reason (none at present)."""
 
 MAIN_METRICS: Tuple[str, ...] = ("fidelity_psnr", "fidelity_ssim", "VIF", "Qabf", "SSIM", "miou", "steps_to_95")
 """The columns of the table (every recorded metric is in the JSON)."""
@@ -178,7 +181,8 @@ def variant_overrides(variant: str, base_loss: Any) -> List[str]:
     on = VARIANT_TERMS[variant]
     out = []
     for term in DISTILL_TERMS:
-        weight = (getattr(base_loss, term) or getattr(defaults, term)) if term in on else 0.0
+        weight = (getattr(base_loss, term) or getattr(defaults, term) or TERM_WEIGHTS_WHEN_ON[term]) \
+            if term in on else 0.0
         out.append(f"loss.{term}={float(weight)!r}")
     out.append(f"loss.semantic_weighting={'true' if SEMANTIC_WEIGHTING[variant] else 'false'}")
     out.append(f"loss.student_fusion={float(base_loss.student_fusion or defaults.student_fusion)!r}")
@@ -369,6 +373,8 @@ def _fingerprint(cfg: Any, settings: AblationSettings, teacher_id: str) -> str:
     del config["model"]["student"], config["model"]["student_kwargs"]
     if config["train"].get("stage1") is None:  # unset (inferred): runs cached before the key existed still match
         config["train"].pop("stage1", None)
+    if not config["loss"].get("student_consistency"):  # off: runs cached before the key existed still match
+        config["loss"].pop("student_consistency", None)
     payload = {"config": config, "teacher": teacher_id, "eval_sets": settings.eval_sets,
                "max_images": settings.max_images, "curve_images": settings.curve_images,
                "miou_set": settings.miou_set, "torch": torch.__version__}

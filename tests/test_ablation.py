@@ -16,7 +16,6 @@ from conftest import load_script
 from PIL import Image
 
 from dfsfuse.ablation import (
-    NOT_RUN,
     VARIANT_TERMS,
     AblationSettings,
     psnr_ssim,
@@ -35,6 +34,7 @@ EXPECTED = {
     "output": FUSION | {"output"},
     "features": FUSION | {"output", "feature", "frequency"},
     "full": FUSION | {"output", "feature", "frequency", "seg_kl", "seg_ce"},
+    "ssvif": FUSION | {"output", "feature", "frequency", "seg_kl", "student_consistency"},
 }
 # Tiny and fast: synthetic scenes only, 32-px crops, batch 2, the smallest student.
 TINY = ["data.train=[]", "data.synthetic=4", "data.synthetic_size=40", "data.repeat_real=1",
@@ -92,7 +92,7 @@ def test_each_variant_switches_exactly_its_terms(variant, tiny_teacher, heldout,
     for line in (run.run_dir / "log.jsonl").read_text().splitlines():
         logged |= {k.split("/", 1)[1] for k in json.loads(line) if k.startswith("student/")}
     assert logged - {"loss", "lr"} == EXPECTED[variant]
-    assert run.cfg.loss.semantic_weighting is (variant == "full")
+    assert run.cfg.loss.semantic_weighting is (variant in ("full", "ssvif"))
     assert run.cfg.stage_steps("student") == 2
     # the loop kept every checkpoint (one per step): the fidelity curve reads them back
     assert sorted(p.name for p in (run.run_dir / "checkpoints" / "student").iterdir()) == \
@@ -110,9 +110,11 @@ def test_variant_overrides_switch_terms_on_even_when_the_base_has_them_off():
     alone = load_config(CONFIG, variant_overrides("alone", base)).loss
     assert (alone.output, alone.feature, alone.frequency, alone.seg_kl, alone.seg_ce) == (0, 0, 0, 0, 0)
     assert alone.semantic_weighting is False and alone.student_fusion > 0
-    with pytest.raises(ValueError, match="stage-1"):
-        AblationSettings(variants=["ssvif"]).validate()
-    assert "ssvif" in NOT_RUN
+    ssvif = load_config(CONFIG, variant_overrides("ssvif", base)).loss
+    assert ssvif.seg_ce == 0 and ssvif.student_consistency > 0 and ssvif.semantic_weighting is True
+    assert (full.student_consistency, alone.student_consistency) == (0, 0)
+    with pytest.raises(ValueError, match="unknown variant"):
+        AblationSettings(variants=["nope"]).validate()
 
 
 def test_fidelity_definitions():

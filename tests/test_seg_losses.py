@@ -180,3 +180,37 @@ def test_config_selects_the_segmentation_loss():
     student = StudentObjective(create_model("student", width=4), create_model("student", width=4).feature_channels,
                                cfg.loss)
     assert student.distill.seg_criterion.mode == "ohem"
+
+
+def test_student_consistency_is_label_free_and_trains_student_and_head():
+    """SSVIF's cross-segmentation consistency in stage 2: the term equals the symmetric KL between
+    the feature head's segmentation (resized) and the frozen segmenter on the student's fusion,
+    needs no label, and its gradient reaches both the student and the feature head."""
+    from dfsfuse.losses import cross_seg_consistency
+    from dfsfuse.models import create_model
+    from dfsfuse.train.objectives import StudentObjective, freeze
+
+    torch.manual_seed(0)
+    cfg = load_config(overrides=["loss.student_consistency=0.3", "loss.seg_ce=0", "loss.seg_kl=0",
+                                 "loss.output=0", "loss.feature=0", "loss.frequency=0", "loss.student_fusion=0",
+                                 "loss.semantic_weighting=false"])
+    segmenter = freeze(create_model("segmenter", fpn_dim=8))
+    student_net = create_model("student_fast", width=4)
+    objective = StudentObjective(student_net, student_net.feature_channels, cfg.loss, num_classes=segmenter.num_classes)
+    assert objective.term_names == ["student_consistency"]
+    batch = {"ir": torch.rand(2, 1, 32, 32), "vis_y": torch.rand(2, 1, 32, 32)}  # no "label"
+    with torch.no_grad():
+        teacher_out = create_model("student_fast", width=4)(batch["ir"], batch["vis_y"])
+    terms = objective(batch, teacher_out, None, segmenter)
+    assert set(terms) == {"student_consistency"}
+    out = student_net(batch["ir"], batch["vis_y"])
+    pixel = segmenter(out.fused).logits
+    feature = F.interpolate(objective.feature_head(out.features["fusion"]), size=pixel.shape[-2:],
+                            mode="bilinear", align_corners=False)
+    torch.testing.assert_close(terms["student_consistency"], 0.3 * cross_seg_consistency(feature, pixel))
+    terms["student_consistency"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.feature_head.parameters()
+               if p.requires_grad)
+    assert student_net.encoder_ir.stem.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="segmenter"):
+        objective(batch, teacher_out, None, None)

@@ -130,6 +130,8 @@ class LossConfig:
     frequency: float = 0.5
     seg_kl: float = 0.2
     student_fusion: float = 0.5        # the student's own fusion loss next to distillation
+    student_consistency: float = 0.0   # stage 2, label-free (SSVIF): a feature-level segmentation of the
+                                       # student's features must agree with the segmenter on its fusion
     temperature: float = 2.0
     semantic_weighting: bool = True
     class_importance: Optional[List[float]] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import (
@@ -16,7 +17,9 @@ from ..losses import (
     DistilledSemanticLoss,
     FusionLoss,
     SegmentationCE,
+    cross_seg_consistency,
 )
+from ..models.segmentation import FeatureSegHead
 from .config import LossConfig
 from .data import IGNORE_INDEX
 
@@ -104,9 +107,17 @@ class StudentObjective(nn.Module):
     teacher's output and the segmentation of the teacher's fusion (both computed without
     grad outside this module) and the frozen segmenter, which is run on the student's
     fusion so segmentation agreement and CE gradients reach the student.
+
+    With ``cfg.student_consistency > 0`` it also returns ``student_consistency``: SSVIF's
+    label-free cross-segmentation consistency moved to stage 2 — a :class:`FeatureSegHead`
+    (trained here, never exported) segments the student's ``fusion`` features and must agree
+    (symmetric KL at ``cfg.consistency_temperature``) with the frozen segmenter on the
+    student's fused image; both the head and the student get its gradient. No label is read.
+    ``num_classes`` sizes that head (the segmenter's classes).
     """
 
-    def __init__(self, student: nn.Module, teacher_channels: Dict[str, int], cfg: LossConfig) -> None:
+    def __init__(self, student: nn.Module, teacher_channels: Dict[str, int], cfg: LossConfig,
+                 num_classes: int = 9) -> None:
         super().__init__()
         self.student = student
         importance = cfg.class_importance if cfg.class_importance is not None else MSRS_CLASS_IMPORTANCE
@@ -119,13 +130,19 @@ class StudentObjective(nn.Module):
         )
         self.fusion_loss = fusion_loss_from(cfg)
         self.w_fusion = cfg.student_fusion
-        self.needs_segmenter = cfg.semantic_weighting or cfg.seg_kl > 0 or cfg.seg_ce > 0
+        self.w_consistency = float(cfg.student_consistency)
+        self.consistency_temperature = float(cfg.consistency_temperature)
+        self.feature_head = (FeatureSegHead(student.feature_channels["fusion"], num_classes)
+                             if self.w_consistency > 0 else None)
+        self.needs_segmenter = (cfg.semantic_weighting or cfg.seg_kl > 0 or cfg.seg_ce > 0
+                                or self.w_consistency > 0)
 
     @property
     def term_names(self) -> list:
         """The weighted terms :meth:`forward` returns that dynamic weighting balances (``aux_*`` pass through)."""
         fusion = [f"fusion_{n}" for n in self.fusion_loss.term_names] if self.w_fusion else []
-        return [*self.distill.term_names, *fusion]
+        consistency = ["student_consistency"] if self.feature_head is not None else []
+        return [*self.distill.term_names, *consistency, *fusion]
 
     def forward(self, batch: dict, teacher_out, seg_teacher_logits: Optional[Tensor],
                 segmenter: Optional[nn.Module]) -> Dict[str, Tensor]:
@@ -133,6 +150,13 @@ class StudentObjective(nn.Module):
         seg_student = segmenter(out.fused).logits if segmenter is not None and self.needs_segmenter else None
         labels = _labels_or_ignore(batch) if self.distill.w_seg_ce else None
         terms = self.distill(out, teacher_out, seg_student, seg_teacher_logits, labels)
+        if self.feature_head is not None:
+            if seg_student is None:
+                raise ValueError("loss.student_consistency > 0 needs a segmenter")
+            feature_level = F.interpolate(self.feature_head(out.features["fusion"]), size=seg_student.shape[-2:],
+                                          mode="bilinear", align_corners=False)
+            terms["student_consistency"] = self.w_consistency * cross_seg_consistency(
+                feature_level, seg_student, T=self.consistency_temperature)
         if self.w_fusion:
             for k, v in self.fusion_loss(out.fused, batch["ir"], batch["vis_y"]).items():
                 terms[f"fusion_{k}"] = self.w_fusion * v
