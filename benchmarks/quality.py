@@ -7,6 +7,7 @@ evaluator's conventions) and writes a rich table, JSON and a labelled side-by-si
 
     python benchmarks/quality.py --teacher runs/distill/teacher --student runs/distill/student
     python benchmarks/quality.py --student runs/distill/student --dataset mine=/data/pairs --max-images 10
+    python benchmarks/quality.py --model fast=runs/a/student --model plain=runs/b/student --rules max,region-max
 
 By default the datasets are ``msrs`` (``<data>/msrs``, test split), ``tno`` and ``roadscene``
 under ``--data`` (``../shared/data`` next to the repository), whichever exist.
@@ -76,7 +77,7 @@ def load_models(paths: Dict[str, Optional[Path]], device: str) -> Tuple[Dict[str
         models[name] = model
         info[name] = {"path": str(Path(path).resolve()), **model.arch_config(), "params": count_parameters(model)}
     if not models:
-        raise ValueError("give at least one model folder (--teacher and/or --student)")
+        raise ValueError("give at least one model folder (--teacher, --student and/or --model)")
     return models, info
 
 
@@ -119,6 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", type=Path, help="exported teacher folder (model.safetensors + config.json)")
     parser.add_argument("--student", type=Path, help="exported student folder")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                        help="also this exported fusion model folder, scored as NAME (repeatable), "
+                             "e.g. two students trained with the same recipe")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"root of msrs/ tno/ roadscene/ (default {DEFAULT_DATA})")
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=PATH",
@@ -140,8 +144,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.max_images < 0:
         parser.error("--max-images must be 0 (all) or positive")
 
+    named: Dict[str, Optional[Path]] = {"teacher": args.teacher, "student": args.student}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--model {spec!r}: expected NAME=DIR")
+        if name in named or name in rules:
+            parser.error(f"--model {spec!r}: the name {name!r} is already used")
+        named[name] = Path(path)
     datasets = find_datasets(args.data, args.dataset)
-    models, info = load_models({"teacher": args.teacher, "student": args.student}, args.device)
+    models, info = load_models(named, args.device)
     report = evaluate_fusion(models, datasets, torch.device(args.device), max_images=args.max_images,
                              show_progress=sys.stderr.isatty(), baselines=rules, stretch=args.stretch)
     counts = {name: min(len(ds), args.max_images) if args.max_images else len(ds) for name, ds in datasets.items()}

@@ -150,10 +150,12 @@ def _quality_module():
 def test_quality_on_one_pair_per_dataset(tmp_path, exported, shared_data):
     out = tmp_path / "quality.json"
     rc = _quality_module().main(["--teacher", str(exported["teacher"]), "--student", str(exported["student"]),
+                                 "--model", f"twin={exported['student']}",
                                  "--data", str(shared_data), "--max-images", "1", "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
-    assert set(doc["metrics"]) == {"avg", "max", "teacher", "student"}
+    assert set(doc["metrics"]) == {"avg", "max", "teacher", "student", "twin"}
+    assert doc["metrics"]["twin"] == doc["metrics"]["student"]  # the same folder scores the same
     assert set(doc["datasets"]) == {"msrs", "tno", "roadscene"}
     assert all(d["images"] == 1 for d in doc["datasets"].values())
     for per_dataset in doc["metrics"].values():
@@ -161,6 +163,13 @@ def test_quality_on_one_pair_per_dataset(tmp_path, exported, shared_data):
             assert list(values) == list(METRIC_NAMES)
     assert doc["models"]["student"]["architecture"] == "student"
     assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("spec", ["nameonly", "=dir", "max=somewhere", "student=somewhere"])
+def test_quality_model_option_rejects_bad_specs(spec, capsys):
+    with pytest.raises(SystemExit) as info:
+        _quality_module().main(["--model", spec, "--rules", "max"])
+    assert info.value.code == 2 and "--model" in capsys.readouterr().err
 
 
 def test_measure_module_in_process_leaves_the_model_alone():
