@@ -529,7 +529,7 @@ def planned_runs(settings: AblationSettings) -> List[Tuple[Optional[str], str, i
 # 0.76–1.33 s/step for 'full' while other jobs held the machine at a load of 4–5 and scaled to one
 # free core; rough. Training cost scales with crop² × batch. Evaluation: per held-out pair, per
 # mIoU image, per (curve point × curve pair); setup: the teacher's fusion of each held-out pair.
-STEP_SECONDS = {"alone": 0.45, "output": 0.47, "features": 0.50, "full": 0.60}
+STEP_SECONDS = {"alone": 0.45, "output": 0.47, "features": 0.50, "full": 0.60, "ssvif": 0.62}
 EVAL_SECONDS_PER_PAIR = 1.2
 MIOU_SECONDS_PER_IMAGE = 2.0
 CURVE_SECONDS_PER_PAIR = 0.35

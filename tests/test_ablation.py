@@ -117,6 +117,16 @@ def test_variant_overrides_switch_terms_on_even_when_the_base_has_them_off():
         AblationSettings(variants=["nope"]).validate()
 
 
+def test_time_estimate_covers_every_variant():
+    from dfsfuse.ablation import estimate_seconds
+
+    settings = AblationSettings(variants=list(VARIANT_TERMS), seeds=[0])
+    per_variant = {v: estimate_seconds(AblationSettings(variants=[v], seeds=[0]), 3, 1) for v in VARIANT_TERMS}
+    assert all(t > 0 for t in per_variant.values())
+    base = 3 * 5.0  # the setup is counted once
+    assert estimate_seconds(settings, 3, 1) == pytest.approx(sum(t - base for t in per_variant.values()) + base)
+
+
 def test_fidelity_definitions():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (48, 64)).astype(np.float32)
