@@ -149,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             parser.error(f"--model {spec!r}: expected NAME=DIR")
-        if name in named or name in rules:
+        if named.get(name) is not None or name in rules:
             parser.error(f"--model {spec!r}: the name {name!r} is already used")
         named[name] = Path(path)
     datasets = find_datasets(args.data, args.dataset)

@@ -167,8 +167,8 @@ def test_quality_on_one_pair_per_dataset(tmp_path, exported, shared_data):
 
 @pytest.mark.parametrize("spec", ["nameonly", "=dir", "max=somewhere", "student=somewhere"])
 def test_quality_model_option_rejects_bad_specs(spec, capsys):
-    with pytest.raises(SystemExit) as info:
-        _quality_module().main(["--model", spec, "--rules", "max"])
+    with pytest.raises(SystemExit) as info:  # "student" is taken only when --student is given
+        _quality_module().main(["--student", "somewhere", "--model", spec, "--rules", "max"])
     assert info.value.code == 2 and "--model" in capsys.readouterr().err
 
 
