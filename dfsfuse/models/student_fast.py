@@ -214,8 +214,8 @@ class StudentFast(FusionModel):
         raw = self.head(decoder)
         if self.upsample == "shuffle":
             raw = F.pixel_shuffle(raw, self.scale)
-        elif self.scale > 1:
-            raw = F.interpolate(raw, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        elif self.scale > 1:  # contiguous: bilinear upsampling of a channels-last map is ~4× slower on CPU
+            raw = F.interpolate(raw.contiguous(), scale_factor=self.scale, mode="bilinear", align_corners=False)
         raw = raw[..., :height, :width]
         features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
         return FusionOutput(fused=self.fused_image(raw, ir, vis_y), features=features)
