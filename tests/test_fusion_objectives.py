@@ -232,6 +232,47 @@ def test_poisson_rule_reproduces_a_source_when_the_other_is_flat_and_keeps_both_
     assert fused[5, 15] - fused[5, 3] == pytest.approx(-50.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (13, 17), (64, 48), (75, 101)])
+def test_laplacian_rule_is_an_exact_pyramid_and_keeps_the_stronger_contrast(shape):
+    import numpy as np
+
+    from dfsfuse.baselines import _binomial_blur, _expand, _laplacian_pyramid, laplacian_max_fusion
+
+    rng = np.random.default_rng(2)
+    a = rng.random(shape) * 200
+    # a pyramid reconstructs its image exactly, so fusing an image with itself or with black returns it
+    details, base = _laplacian_pyramid(a, 4)
+    rebuilt = base
+    for d in reversed(details):
+        rebuilt = _expand(rebuilt, d.shape) + d
+    np.testing.assert_allclose(rebuilt, a, atol=1e-9)
+    np.testing.assert_allclose(laplacian_max_fusion(a, a), a, atol=1e-9)
+    np.testing.assert_allclose(laplacian_max_fusion(a, np.zeros(shape)), a, atol=1e-9)
+    if min(shape) >= 13:
+        # the binomial kernel against an independent 2-D convolution (reflected borders)
+        k = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
+        p = np.pad(a, 2, mode="reflect")
+        ref = sum(k[i, j] * p[i:i + shape[0], j:j + shape[1]] for i in range(5) for j in range(5))
+        np.testing.assert_allclose(_binomial_blur(a), ref, atol=1e-9)
+
+
+def test_laplacian_rule_keeps_a_warm_target_that_max_flattens():
+    import numpy as np
+
+    from dfsfuse.baselines import baseline_fusion
+
+    # IR: a dim scene with a warm 6×6 target (+40); VIS: brighter everywhere, no target.
+    ir = np.full((64, 64), 60.0)
+    ir[29:35, 29:35] = 100.0
+    vis = np.full((64, 64), 120.0)
+    target, around = (slice(29, 35), slice(29, 35)), (slice(29, 35), slice(40, 46))
+    contrast = {m: baseline_fusion(ir, vis, m).astype(float) for m in ("max", "region-max", "laplacian")}
+    contrast = {m: f[target].mean() - f[around].mean() for m, f in contrast.items()}
+    assert contrast["max"] == 0 and contrast["region-max"] < 5   # both show VIS there
+    assert contrast["laplacian"] > 20                            # the IR target's contrast survives
+    assert set(np.unique(baseline_fusion(vis, vis, "laplacian"))) == {120}
+
+
 def test_max_gain_rule_is_a_contrast_stretch_of_max():
     import numpy as np
 
