@@ -89,14 +89,19 @@ def region_taps() -> np.ndarray:
     return g / g.sum()
 
 
+def _separable_blur(x: np.ndarray, taps: np.ndarray, mode: str) -> np.ndarray:
+    """``x`` blurred along both axes by the odd-length ``taps``, borders padded with ``np.pad``
+    mode ``mode``; same size, float64."""
+    n = len(taps)
+    p = np.pad(x, n // 2, mode=mode)
+    h, w = x.shape
+    rows = sum(taps[k] * p[:, k : k + w] for k in range(n))
+    return sum(taps[k] * rows[k : k + h, :] for k in range(n))
+
+
 def _region_blur(x: np.ndarray) -> np.ndarray:
     """Separable region Gaussian with edge-replicated borders, same size (float64)."""
-    g = region_taps()
-    r = REGION_WINDOW // 2
-    p = np.pad(x, r, mode="edge")
-    h, w = x.shape
-    rows = sum(g[k] * p[:, k : k + w] for k in range(REGION_WINDOW))
-    return sum(g[k] * rows[k : k + h, :] for k in range(REGION_WINDOW))
+    return _separable_blur(x, region_taps(), "edge")
 
 
 def region_max_fusion(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
@@ -114,10 +119,7 @@ _BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 def _binomial_blur(x: np.ndarray) -> np.ndarray:
     """Separable 5-tap binomial blur with reflected borders, same size (float64)."""
-    p = np.pad(x, 2, mode="reflect" if min(x.shape) > 2 else "edge")
-    h, w = x.shape
-    rows = sum(_BINOMIAL[k] * p[:, k : k + w] for k in range(5))
-    return sum(_BINOMIAL[k] * rows[k : k + h, :] for k in range(5))
+    return _separable_blur(x, _BINOMIAL, "reflect" if min(x.shape) > 2 else "edge")
 
 
 def _expand(x: np.ndarray, shape: tuple) -> np.ndarray:
