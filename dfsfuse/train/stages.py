@@ -143,12 +143,11 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     device = accelerator.device
     teacher = freeze(teacher).to(device)
     segmenter = freeze(segmenter).to(device) if segmenter is not None else None
-    if segmenter is None and (cfg.loss.semantic_weighting or cfg.loss.seg_kl > 0 or cfg.loss.seg_ce > 0
-                              or cfg.loss.student_consistency > 0):
-        raise ValueError("the semantic losses need a segmenter; train the teacher with loss.seg_ce > 0 "
-                         "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0 loss.student_consistency=0")
     objective = StudentObjective(student, teacher.feature_channels, cfg.loss,
                                  num_classes=getattr(segmenter, "num_classes", 9))
+    if segmenter is None and objective.needs_segmenter:
+        raise ValueError("the semantic losses need a segmenter; train the teacher with loss.seg_ce > 0 "
+                         "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0 loss.student_consistency=0")
     dynamic = None
     if cfg.loss.dynamic_weights:  # the objective names the terms it returns
         dynamic = DynamicWeights(objective.term_names, temperature=cfg.loss.dynamic_temperature)
