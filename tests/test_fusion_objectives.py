@@ -188,12 +188,41 @@ def test_region_head_starts_as_the_region_max_rule():
     np.testing.assert_array_equal(baseline_fusion(ir, vis, "max")[11:13, 6:8], np.round(vis[11:13, 6:8]))
 
 
+def test_region_add_head_starts_at_the_rule_and_can_switch_a_saturated_region():
+    """``region-add`` starts where ``region`` does, but its weight map gets a gradient where the
+    region prior is saturated (``region``'s vanishes there), and ``z = 1`` shows IR in a region
+    where VIS is far brighter."""
+    ir = torch.full((1, 1, 32, 32), 0.2)
+    vis = torch.full((1, 1, 32, 32), 0.8)    # VIS brighter everywhere: the rule shows VIS
+    feats = torch.zeros(1, 4, 32, 32)
+    grads = {}
+    for kind in ("region", "region-add"):
+        head = FusionHead(4, kind)
+        with torch.no_grad():
+            head.conv.weight.zero_()
+            head.conv.bias.zero_()
+        out = head(feats, ir, vis)
+        torch.testing.assert_close(out, vis, atol=1e-6, rtol=0)
+        (out - ir).abs().mean().backward()   # a loss that wants IR
+        grads[kind] = head.conv.bias.grad[0].abs().item()
+    assert grads["region"] < 1e-12 < 0.1 < grads["region-add"]
+    head = FusionHead(4, "region-add")
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        head.conv.bias.copy_(torch.tensor([1.0, 0.0]))
+        torch.testing.assert_close(head(feats, ir, vis), ir, atol=1e-6, rtol=0)
+        head.conv.bias.copy_(torch.tensor([1.2, 0.0]))   # beyond 1: the difference stretched (F clipped)
+        torch.testing.assert_close(head(feats, ir, vis), ir + 0.2 * (ir - vis), atol=1e-6, rtol=0)
+        head.conv.bias.copy_(torch.tensor([3.0, 0.0]))
+        assert head(feats, ir, vis).max().item() == 0.0
+
+
 @pytest.mark.parametrize("name", ["student", "teacher"])
 def test_heads_are_a_kwarg_of_the_fusion_models(name):
     kwargs = {"dim": 8} if name == "teacher" else {"width": 4}
     ir, vis = _scene(7, 33)
     assert create_model(name, **kwargs).arch_kwargs["head"] == "region"  # the default
-    for head in ("region", "blend", "residual"):
+    for head in ("region", "blend", "residual", "region-add"):
         model = create_model(name, head=head, **kwargs)
         assert model.arch_kwargs["head"] == head
         assert model(ir, vis).fused.shape == ir.shape

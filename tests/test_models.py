@@ -82,6 +82,10 @@ def test_registry_errors() -> None:
         create_model("no_such_model")
     with pytest.raises(TypeError, match="JSON"):
         create_model("student", norm=np.bool_(False))
+    # A keyword the architecture does not take (e.g. the teacher's `dim` left in
+    # model.teacher_kwargs when switching model.teacher): the model and the key, its real arguments.
+    with pytest.raises(ValueError, match=r"'student_fast' takes no argument 'dim' \(its arguments: width, scale"):
+        create_model("student_fast", dim=16)
     with pytest.raises(ValueError, match="kind"):
         register_model("bad_kind", kind="detector")(nn.Identity)
     with pytest.raises(ValueError, match="already registered"):

@@ -50,12 +50,12 @@ def fused_from_residual(residual: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
     return (torch.maximum(ir, vis_y) + residual).clamp(0.0, 1.0)
 
 
-HEADS: tuple[str, ...] = ("region", "blend", "residual")
+HEADS: tuple[str, ...] = ("region", "blend", "residual", "region-add")
 """Output heads every fusion network accepts (``head=`` kwarg); see :class:`FusionHead`."""
 
 
 def head_channels(kind: str) -> int:
-    """How many maps a head of ``kind`` predicts: 2 for ``region``/``blend`` (z, r), 1 for ``residual`` (r)."""
+    """How many maps a head of ``kind`` predicts: 1 for ``residual`` (r), 2 for the others (z, r)."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
     return 1 if kind == "residual" else 2
@@ -104,8 +104,13 @@ def fused_from_head(raw: Tensor, ir: Tensor, vis_y: Tensor, kind: str, sharpness
     if kind == "residual":
         return fused_from_residual(raw, ir, vis_y)
     z, residual = raw[:, :1], raw[:, 1:]
-    prior = region_logits(ir, vis_y) if kind == "region" else sharpness * (ir - vis_y)
-    w = torch.sigmoid(z + prior)
+    if kind == "region-add":
+        # Not clipped: a clip at the saturated prior's 0/1 would pass no gradient (the point of
+        # this head); F itself is clipped, and a weight outside [0, 1] extrapolates contrast.
+        w = torch.sigmoid(region_logits(ir, vis_y)) + z
+    else:
+        prior = region_logits(ir, vis_y) if kind == "region" else sharpness * (ir - vis_y)
+        w = torch.sigmoid(z + prior)
     return (vis_y + w * (ir - vis_y) + residual).clamp(0.0, 1.0)
 
 
@@ -125,6 +130,13 @@ class FusionHead(nn.Module):
       the ``region-max`` rule, which already beats pixel ``max`` on VIF and Q^AB/F: a pixel
       max switches source wherever the two cross and cuts the structure of both there, while
       a regional choice keeps each neighbourhood's structure from one source.
+    - ``"region-add"``: the same rule, but ``z`` moves the *weight*, not its logit:
+      ``w = sigmoid(400·(G₃ * ir − G₃ * vis)) + z`` (not clipped; ``F`` is). The prior is saturated
+      almost everywhere (a local difference of 0.02 is already a logit of 8), so in ``"region"``
+      ``z`` gets a gradient only along the borders between sources, and switching a region to
+      the other source takes a logit of tens: networks stay at the rule plus their residual.
+      Here ``∂F/∂z = ir − vis`` everywhere, ``z = ±1`` switches any region, and a weight
+      beyond [0, 1] stretches the difference of the sources. Same initial state (``region-max``).
 
     ``forward(x, ir, vis_y)`` crops the head's output to ``ir``'s size first, so a network that
     pads its input (the teacher) can hand over its padded decoder map.

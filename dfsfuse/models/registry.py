@@ -106,6 +106,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     device with ``with torch.device("meta"): create_model(...)``.
     """
     spec = get_model_spec(name)
+    _check_kwargs(name, spec.builder, kwargs)
     model = spec.builder(**kwargs)
     if getattr(model, "arch_name", "") != name:
         # A builder function (e.g. a named variant such as ``student_w8``): the model answers to
@@ -115,6 +116,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         model.arch_name = name
         model.arch_kwargs = recorded if recorded is not None else _json_kwargs(name, kwargs)
     return model
+
+
+def _check_kwargs(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    """A ``ValueError`` naming the model and the keyword it does not take (not a builder's TypeError)."""
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        known = ", ".join(parameters) or "none"
+        raise ValueError(f"model {name!r} takes no argument {unknown[0]!r} (its arguments: {known})")
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:
