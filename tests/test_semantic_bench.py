@@ -234,3 +234,37 @@ def test_parser_constants_agree_with_the_library_and_import_no_torch():
             "segbench.register(argparse.ArgumentParser().add_subparsers()); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_label_oracle_shows_ir_exactly_on_the_grown_class_masks(tiny, tmp_path, capsys):
+    """benchmarks/label_oracle.py: IR on the labelled people grown by ``--dilate`` px, VIS
+    luminance elsewhere (against the 8-bit inputs the benchmark reads), one file per pair, and
+    a one-line error for a folder without labels; its output is a valid ``--fused`` folder."""
+    script = load_script(REPO / "benchmarks" / "label_oracle.py", "label_oracle")
+    out = tmp_path / "oracle"
+    assert script.main(["--folders", str(tiny["train"]), str(tiny["test"]), "--out", str(out), "--dilate", "1"]) == 0
+    for split in (tiny["train"], tiny["test"]):
+        assert sorted(p.name for p in (out / split.name).iterdir()) == sorted(p.name for p in (split / "ir").iterdir())
+        for ir_path in (split / "ir").iterdir():
+            ir = np.asarray(Image.open(ir_path), np.float32)
+            rgb = np.asarray(Image.open(split / "vi" / ir_path.name).convert("RGB")).astype(np.float32)
+            vis = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+            label = np.asarray(Image.open(split / "Segmentation_labels" / ir_path.name))
+            person = np.pad(label == 2, 1)
+            grown = np.zeros_like(label, dtype=bool)
+            for dy in range(3):                       # 3×3 dilation, by hand
+                for dx in range(3):
+                    grown |= person[dy:dy + label.shape[0], dx:dx + label.shape[1]]
+            fused = np.asarray(Image.open(out / split.name / ir_path.name), np.float32)
+            np.testing.assert_allclose(fused[grown], ir[grown], atol=0.5)
+            np.testing.assert_allclose(fused[~grown], vis[~grown], atol=1.01)
+    unlabelled = tmp_path / "unlabelled"
+    for sub in ("ir", "vi"):
+        (unlabelled / sub).mkdir(parents=True)
+        for p in (tiny["test"] / sub).iterdir():
+            (unlabelled / sub / p.name).write_bytes(p.read_bytes())
+    assert script.main(["--folders", str(unlabelled), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no Segmentation_labels" in err and str(unlabelled) in err and len(err.splitlines()) == 1
+    data = _run(tiny, tmp_path / "with_oracle.json", "--kinds", "vis", "--fused", f"oracle={out}")
+    assert math.isfinite(data["miou"]["oracle"])
