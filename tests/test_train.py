@@ -174,6 +174,24 @@ def test_existing_run_dir_is_not_overwritten(tiny_run, capsys):
     assert (tiny_run / "metrics.json").read_bytes() == before
 
 
+def test_teacher_without_segmenter_needs_the_semantic_losses_off(tiny_run, tmp_path, capsys):
+    """``--teacher`` a folder with no segmenter: the semantic losses are a one-line error naming the
+    switches to turn off (nothing written to the student); with them off, the student trains."""
+    teacher = tmp_path / "alone" / "teacher"
+    teacher.mkdir(parents=True)
+    for f in (tiny_run / "teacher").iterdir():
+        if f.is_file():
+            (teacher / f.name).write_bytes(f.read_bytes())
+    args = [*TINY, "student.steps=2", "eval.sets=[]", "--teacher", str(teacher)]
+    assert _recipe().main([*args, "--output", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "need a segmenter" in err and "loss.seg_kl=0" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad" / "student").exists()
+    off = ["loss.semantic_weighting=false", "loss.seg_kl=0", "loss.seg_ce=0"]
+    assert _recipe().main([*args, *off, "--output", str(tmp_path / "ok")]) == 0
+    assert (tmp_path / "ok" / "student" / "model.safetensors").is_file()
+
+
 def test_resume_after_sigterm_equals_uninterrupted_run(tiny_run, tmp_path):
     """Kill the student stage with SIGTERM mid-run, resume, and get the uninterrupted student exactly."""
     args = [*TINY, "student.steps=6", "train.checkpoint_every=100", "--teacher", str(tiny_run / "teacher")]
