@@ -37,10 +37,12 @@ from dfsfuse.data import CLASS_NAMES, PairedImages  # noqa: E402  (CLASS_NAMES: 
 
 def oracle_fusion(ir: np.ndarray, vis: np.ndarray, label: np.ndarray, classes: Sequence[int],
                   dilate: int = 3) -> np.ndarray:
-    """``vis`` with ``ir`` on the pixels labelled ``classes``, each mask grown by ``dilate`` px (8-bit)."""
+    """``vis`` with ``ir`` on the pixels labelled ``classes``, the mask grown by ``dilate`` px
+    (city-block distance), rounded to 8 bits."""
     mask = torch.from_numpy(np.isin(label, list(classes))).float()[None, None]
-    if dilate > 0:
-        mask = F.max_pool2d(mask, 2 * dilate + 1, stride=1, padding=dilate)
+    for _ in range(dilate):  # grow by the 4-neighbourhood: a diamond of radius `dilate`
+        mask = torch.maximum(F.max_pool2d(mask, (3, 1), stride=1, padding=(1, 0)),
+                             F.max_pool2d(mask, (1, 3), stride=1, padding=(0, 1)))
     fused = np.where(mask[0, 0].numpy() > 0, ir, vis)
     return np.clip(np.round(fused), 0, 255).astype(np.uint8)
 
