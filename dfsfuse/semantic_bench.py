@@ -496,8 +496,8 @@ class SegBenchResult:
     class_names: Tuple[str, ...] = CLASS_NAMES
 
     def to_dict(self) -> Dict[str, Any]:
-        """``{"settings", "miou", "iou", "seeds"}`` (+ ``"miou_per_seed"`` with several seeds);
-        non-finite numbers become ``None``."""
+        """``{"settings", "miou", "iou", "seeds"}`` (+ ``"miou_per_seed"`` and ``"iou_per_seed"``,
+        ``{kind: {class: [one IoU per seed]}}``, with several seeds); non-finite numbers become ``None``."""
         out: Dict[str, Any] = {
             "settings": self.settings,
             "miou": {k.name: k.mean_miou for k in self.kinds},
@@ -506,6 +506,9 @@ class SegBenchResult:
         }
         if len(self.seeds) > 1:
             out["miou_per_seed"] = {k.name: list(k.miou) for k in self.kinds}
+            # Which classes move between seeds is what tells optimisation noise from a real difference.
+            out["iou_per_seed"] = {k.name: {c: [seed[i] for seed in k.iou] for i, c in enumerate(self.class_names)}
+                                   for k in self.kinds}
         return finite_json(out)
 
     def save_json(self, path: os.PathLike) -> Path:

@@ -98,6 +98,11 @@ def test_several_seeds_record_mean_and_per_seed(tiny, tmp_path):
     assert out["seeds"] == [0, 1] and set(out["miou_per_seed"]) == {"ir", "max", "student8", "maxdir"}
     for kind, values in out["miou_per_seed"].items():
         assert len(values) == 2 and out["miou"][kind] == pytest.approx(sum(values) / 2)
+        per_class = out["iou_per_seed"][kind]
+        assert list(per_class) == list(CLASS_NAMES)
+        for seed, miou in enumerate(values):  # each seed's mIoU is the mean of its present classes
+            present = [v[seed] for v in per_class.values() if v[seed] is not None]
+            assert miou == pytest.approx(sum(present) / len(present))
 
 
 def test_library_training_is_seeded_and_learns_a_trivial_task():
