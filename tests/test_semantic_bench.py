@@ -16,14 +16,7 @@ from dfsfuse.cli import main
 from dfsfuse.data.synthetic import CLASS_NAMES
 from dfsfuse.export import save_pretrained
 from dfsfuse.models import create_model
-from dfsfuse.semantic_bench import (
-    InputKind,
-    evaluate_segmenter,
-    fast_settings,
-    load_labelled_split,
-    render,
-    train_segmenter,
-)
+from dfsfuse.semantic_bench import evaluate_segmenter, fast_settings, train_segmenter
 
 from conftest import REPO, load_script
 
