@@ -17,7 +17,6 @@ repository (nothing here commits them).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,6 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 from dfsfuse.atomic import atomic_path  # noqa: E402
 from dfsfuse.data.errors import DatasetError  # noqa: E402
 from dfsfuse.data import CLASS_NAMES, PairedImages  # noqa: E402  (CLASS_NAMES: MSRS/MFNet, 0 = unlabeled)
+from dfsfuse.semantic_bench import default_data_root  # noqa: E402
 
 
 def oracle_fusion(ir: np.ndarray, vis: np.ndarray, label: np.ndarray, classes: Sequence[int],
@@ -64,7 +64,7 @@ def write_folder(src: Path, out: Path, classes: Sequence[int], dilate: int) -> i
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Write the oracle fusion of the train and test folders."""
-    default_data = Path(os.environ.get("DFSFUSE_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "msrs"
+    default_data = default_data_root() / "msrs"  # the semantic benchmark's own default train/test folders
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folders", nargs="+", type=Path, default=[default_data / "train", default_data / "val"],
                         help="labelled folders (ir/, vi/, Segmentation_labels/); default msrs/train and msrs/val")
