@@ -152,10 +152,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if named.get(name) is not None or name in rules:
             parser.error(f"--model {spec!r}: the name {name!r} is already used")
         named[name] = Path(path)
-    datasets = find_datasets(args.data, args.dataset)
-    models, info = load_models(named, args.device)
-    report = evaluate_fusion(models, datasets, torch.device(args.device), max_images=args.max_images,
-                             show_progress=sys.stderr.isatty(), baselines=rules, stretch=args.stretch)
+    try:
+        datasets = find_datasets(args.data, args.dataset)
+        models, info = load_models(named, args.device)
+        report = evaluate_fusion(models, datasets, torch.device(args.device), max_images=args.max_images,
+                                 show_progress=sys.stderr.isatty(), baselines=rules, stretch=args.stretch)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:  # one line, nothing written
+        print(f"quality.py: error: {exc}", file=sys.stderr)
+        return 2
     counts = {name: min(len(ds), args.max_images) if args.max_images else len(ds) for name, ds in datasets.items()}
     print_tables(report.metrics, counts)
 

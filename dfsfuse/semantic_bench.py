@@ -64,7 +64,9 @@ class SegBenchSettings:
 
     ``size``: working resolution (H, W), ``None`` = native; ``crop``: random training crop,
     ``None`` = whole images; ``segmenter``: registry spec ``name:key=value,...``;
-    ``seg_loss``: ``weighted`` (ENet weights of the training labels), ``ohem`` or ``plain``.
+    ``seg_loss``: ``weighted`` (ENet weights of the training labels), ``ohem`` or ``plain``;
+    ``ema``: decay of an exponential moving average of the segmenter's weights and BN statistics
+    (timm's ``ModelEmaV3`` with its warm-up), scored instead of the last weights; 0 = off.
     """
 
     train_dir: str = ""
@@ -82,6 +84,7 @@ class SegBenchSettings:
     device: str = "cpu"
     eval_batch: int = 4
     hflip: bool = True
+    ema: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot run."""
@@ -95,6 +98,8 @@ class SegBenchSettings:
             raise ValueError(f"segmentation loss {self.seg_loss!r}: choose from {', '.join(SEG_LOSS_MODES)}")
         if not self.seeds:
             raise ValueError("at least one seed")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {self.ema}")
         for name, hw in (("size", self.size), ("crop", self.crop)):
             if hw is not None and (len(hw) != 2 or min(hw) < 1):
                 raise ValueError(f"{name} must be HEIGHTxWIDTH with positive values, got {hw}")
@@ -390,7 +395,8 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
     Everything random — initial weights, the order of images (a fresh permutation per epoch),
     crops and flips — comes from ``seed``, so two kinds trained with one seed see the same
     pixel positions in the same order. Warm-up + cosine AdamW. Bit-identical on CPU for a fixed
-    thread count; on CUDA cuDNN is made deterministic.
+    thread count; on CUDA cuDNN is made deterministic. With ``settings.ema > 0`` the returned
+    model is the moving average of the weights (the trained one is discarded).
     """
     from .losses import SegmentationCE
 
@@ -408,6 +414,11 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    ema = None
+    if settings.ema > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=settings.ema, use_warmup=True)
     g = torch.Generator().manual_seed(seed)
     order: List[int] = []
     for step in range(settings.steps):
@@ -423,9 +434,11 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model, step=step + 1)
         if on_step is not None:
             on_step(step + 1, float(loss.detach()))
-    return model.eval()
+    return (model if ema is None else ema.module).eval()
 
 
 @torch.inference_mode()
@@ -642,7 +655,7 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
         say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
     record = _base_settings(settings, kinds, skipped or {}, "quick")
     for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",
-                "hflip"):
+                "hflip", "ema"):
         record.pop(key, None)
     record.update({"segmenter": str(Path(segmenter_dir).resolve()), "segmenter_arch": segmenter.arch_config(),
                    "test_pairs": len(test), "picture_image": test.names[pic],

@@ -172,6 +172,19 @@ def test_quality_model_option_rejects_bad_specs(spec, capsys):
     assert info.value.code == 2 and "--model" in capsys.readouterr().err
 
 
+def test_quality_runtime_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    pairs = tmp_path / "pairs"
+    for cases in ((["--rules", "max"], "at least one model folder"),
+                  (["--student", str(tmp_path / "nope"), "--dataset", f"x={REPO / 'dfsfuse' / 'assets' / 'msrs'}"], "nope"),
+                  (["--student", str(REPO / "dfsfuse" / "assets" / "student"), "--dataset", f"x={pairs}"], "pairs")):
+        extra, expected = cases
+        assert _quality_module().main([*extra, "--json", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+
+
 def test_measure_module_in_process_leaves_the_model_alone():
     """The one in-process timer: a record for an in-memory module; the module itself is not folded or moved."""
     from dfsfuse.models.student_fast import RepConv

@@ -122,6 +122,36 @@ def test_library_training_is_seeded_and_learns_a_trivial_task():
     assert trained_iou > evaluate_segmenter(untrained, images, labels)[0].iou()[:2].mean() + 0.05
 
 
+def test_ema_returns_the_moving_average_of_the_weights_along_training():
+    """--ema: the scored segmenter is the warm-up EMA of every step's weights and BN statistics.
+
+    Independent computation: the weights after k steps come from separate runs of k steps (a
+    warm-up longer than the run makes step k's learning rate independent of the total), averaged
+    by hand with the documented decay ``min(decay, 1 - (1 + (k - 1))^(-2/3))`` (0 at step 1).
+    """
+    base = dict(size=None, crop=(32, 32), batch_size=2, lr=5e-3, warmup_steps=100,
+                segmenter="segmenter:backbone=mobilenetv3_small_050,fpn_dim=8", seg_loss="plain")
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 255, (1, 40, 40), generator=g, dtype=torch.uint8) for _ in range(4)]
+    labels = [torch.randint(0, 3, (40, 40), generator=g) for _ in range(4)]
+    steps, decay = 4, 0.6
+    trajectory = [train_segmenter(images, labels, fast_settings(**base, steps=k), seed=5).state_dict()
+                  for k in range(1, steps + 1)]
+    expected = {name: value.clone() for name, value in trajectory[0].items()}
+    for k in range(2, steps + 1):
+        d = min(decay, 1.0 - (1.0 + (k - 1)) ** (-2.0 / 3.0))
+        for name, value in trajectory[k - 1].items():
+            expected[name] = d * expected[name] + (1 - d) * value if value.is_floating_point() else value.clone()
+    got = train_segmenter(images, labels, fast_settings(**base, steps=steps, ema=decay), seed=5).state_dict()
+    last = trajectory[-1]
+    moved = [name for name in got if got[name].is_floating_point() and not torch.allclose(got[name], last[name])]
+    assert moved, "the EMA model equals the last weights"
+    for name, value in got.items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="EMA decay"):
+        fast_settings(**base, steps=1, ema=1.0).validate()
+
+
 def test_quick_mode_scores_one_segmenter_on_every_kind(tiny, tmp_path):
     torch.manual_seed(0)
     seg_dir = tmp_path / "seg"
@@ -203,6 +233,7 @@ def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
                             (["--teacher", str(tmp_path / "nope"), "--kinds", "teacher"], "no exported teacher"),
                             (["--size", "abc"], "--size"),
                             (["--seeds", "0"], "--seeds"),
+                            (["--ema", "1.5"], "EMA decay"),
                             (["--quick", str(tmp_path)], "no exported segmenter")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()

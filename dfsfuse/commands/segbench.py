@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--steps", type=int, help="training steps per segmenter (fast default 300)")
     parser.add_argument("--batch-size", type=int, help="training batch (fast default 8)")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="score an exponential moving average of the segmenter's weights with this decay, "
+                             "e.g. 0.99 (default 0: the last weights)")
     parser.add_argument("--size", metavar="HxW|native",
                         help="working resolution (fast default 240x320; quick default native)")
     parser.add_argument("--crop", metavar="HxW|none", help="random training crop (fast default 160x224)")
@@ -94,7 +97,7 @@ def settings_from_args(args: argparse.Namespace):
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     overrides["seeds"] = list(range(args.seeds))
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                       ("segmenter", args.segmenter), ("seg_loss", args.loss)):
+                       ("segmenter", args.segmenter), ("seg_loss", args.loss), ("ema", args.ema)):
         if value is not None:
             overrides[key] = value
     size = _hw(args.size, "--size", ("native", "none", "full"))
