@@ -10,7 +10,6 @@ return one scalar. Per-pixel weight maps are ``B×1×H×W`` and reduce as
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import SOBEL_X, gaussian_blur, resize_weight, sobel_gradients, weighted_mean
