@@ -23,7 +23,6 @@ continues where it stopped (and ``--sizes`` reuses the ablation's seed-0 runs of
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -54,10 +53,11 @@ from dfsfuse.ablation import (  # noqa: E402
     write_json,
 )
 from dfsfuse.data.errors import DatasetError  # noqa: E402
+from dfsfuse.data.shared import shared_data_root  # noqa: E402
 from dfsfuse.train.config import ConfigError  # noqa: E402
 
 RESULTS = HERE / "results"
-SHARED = Path(os.environ.get("DFSFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = shared_data_root()
 
 
 def default_teacher() -> Path:

@@ -32,6 +32,7 @@ import reference_metrics  # noqa: E402
 
 from dfsfuse.baselines import baseline_fusion  # noqa: E402
 from dfsfuse.data.io import read_gray  # noqa: E402
+from dfsfuse.data.shared import shared_data_root  # noqa: E402
 from dfsfuse.metrics import METRIC_NAMES, fusion_metrics_batch  # noqa: E402
 
 UNARY = {"EN", "SD", "SF", "AG"}
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each torch call (default 5)")
     parser.add_argument("--reference-images", type=int, default=3, help="images timed with the reference (default 3)")
     parser.add_argument(
-        "--data", default=os.environ.get("DFSFUSE_SHARED_DATA", str(HERE.parent.parent / "shared" / "data"))
+        "--data", default=str(shared_data_root())
     )
     parser.add_argument("--json", type=Path, default=HERE / "results" / "metrics_speed.json", help="output JSON file")
     args = parser.parse_args(argv)

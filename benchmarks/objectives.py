@@ -31,10 +31,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dfsfuse.data import PairedImages  # noqa: E402
+from dfsfuse.data.shared import shared_data_root  # noqa: E402
 from dfsfuse.losses import FusionLoss  # noqa: E402
 from dfsfuse.metrics import MetricAccumulator, fusion_metrics  # noqa: E402
 
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+DEFAULT_DATA = shared_data_root()
 DEFAULT_OBJECTIVES = (
     "intensity=1,gradient=1",          # the classic loss (magnitude gradient): its optimum is ~max
     "vif=1,qabf=1",

@@ -29,9 +29,10 @@ import torch  # noqa: E402
 
 from dfsfuse.data import PairedImages  # noqa: E402
 from dfsfuse.data.errors import DatasetError  # noqa: E402
+from dfsfuse.data.shared import shared_data_root  # noqa: E402
 
 RESULTS = HERE / "results"
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+DEFAULT_DATA = shared_data_root()
 DEFAULT_SETS: Tuple[Tuple[str, str, Optional[str]], ...] = (("msrs", "msrs", "test"), ("tno", "tno", None),
                                                              ("roadscene", "roadscene", None))
 LOWER_IS_BETTER = {"MSE"}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dfsfuse.data.pairs import PairedImages
+from dfsfuse.data.shared import shared_data_root
 from dfsfuse.metrics.clusters import cluster_confusion, match_clusters
 from dfsfuse.train.config import load_config
 from dfsfuse.train.stages import build_models, load_teacher, make_accelerator, train_teacher
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=80, help="stage-1 steps (ssvif.yaml: 200)")
     ap.add_argument("--warmup", type=int, default=20, help="fusion-only steps first (ssvif.yaml: 60)")
     ap.add_argument("--max-images", type=int, default=10, help="labelled msrs/val pairs scored (full 480×640)")
-    ap.add_argument("--val", default=str(REPO.parent / "shared" / "data" / "msrs" / "val"))
+    ap.add_argument("--val", default=str(shared_data_root() / "msrs" / "val"))
     ap.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "ssvif_clusters.json"))
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = ap.parse_args(argv)

@@ -49,8 +49,11 @@ FAST_SEGMENTER = "segmenter:backbone=mobilenetv3_small_100,fpn_dim=32"
 
 
 def default_data_root() -> Path:
-    """``$DFSFUSE_SHARED_DATA`` or ``../shared/data`` (relative to the working directory)."""
-    return Path(os.environ.get("DFSFUSE_SHARED_DATA", Path("..") / "shared" / "data"))
+    """The shared data folder (:func:`dfsfuse.data.shared.shared_data_root`): ``$DFSFUSE_SHARED_DATA``,
+    else ``../shared/data`` beside the checkout, else relative to the working directory."""
+    from .data.shared import shared_data_root
+
+    return shared_data_root()
 
 
 def package_asset(name: str) -> Path:

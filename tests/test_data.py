@@ -290,3 +290,21 @@ def test_missing_label_and_duplicate_stems(tmp_path):
     _save(tmp_path / "test" / "ir" / "a.jpg", _rng_image(np.random.default_rng(0), 20, 30, 1))
     with pytest.raises(DatasetError, match=r"stem 'a' also used"):
         PairedImages(tmp_path, split="test", labels=False)
+
+
+def test_shared_data_root_one_rule_env_then_checkout_then_working_directory(tmp_path, monkeypatch):
+    """Every script and command finds ../shared/data by the same rule (dfsfuse.data.shared)."""
+    from dfsfuse.data import shared
+    from dfsfuse.semantic_bench import default_data_root
+
+    monkeypatch.setenv("DFSFUSE_SHARED_DATA", str(tmp_path / "elsewhere"))
+    assert shared.shared_data_root() == tmp_path / "elsewhere" == default_data_root()
+    monkeypatch.delenv("DFSFUSE_SHARED_DATA")
+    assert shared.CHECKOUT_SHARED_DATA == Path(__file__).resolve().parents[2] / "shared" / "data"
+    checkout = tmp_path / "repo_parent" / "shared" / "data"
+    checkout.mkdir(parents=True)
+    monkeypatch.setattr(shared, "CHECKOUT_SHARED_DATA", checkout)
+    monkeypatch.chdir(tmp_path)
+    assert shared.shared_data_root() == checkout  # found from any working directory
+    monkeypatch.setattr(shared, "CHECKOUT_SHARED_DATA", tmp_path / "not_a_checkout" / "shared" / "data")
+    assert shared.shared_data_root() == Path("..") / "shared" / "data"  # installed package: cwd-relative

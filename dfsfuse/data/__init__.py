@@ -15,6 +15,7 @@ _EXPORTS = {
     "IrRange": "irrange", "parse_ir_range": "irrange",
     "write_image": "io",
     "PairedImages": "pairs", "PairFiles": "pairs", "match_pairs": "pairs",
+    "shared_data_root": "shared",
     "CLASS_NAMES": "synthetic", "SceneConfig": "synthetic", "SyntheticScenes": "synthetic", "make_scene": "synthetic",
     "Compose": "transforms", "PairedRandomCrop": "transforms", "PairedRandomFlip": "transforms",
     "train_transform": "transforms",
