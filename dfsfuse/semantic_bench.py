@@ -69,7 +69,10 @@ class SegBenchSettings:
     ``None`` = whole images; ``segmenter``: registry spec ``name:key=value,...``;
     ``seg_loss``: ``weighted`` (ENet weights of the training labels), ``ohem`` or ``plain``;
     ``ema``: decay of an exponential moving average of the segmenter's weights and BN statistics
-    (timm's ``ModelEmaV3`` with its warm-up), scored instead of the last weights; 0 = off.
+    (timm's ``ModelEmaV3`` with its warm-up), scored instead of the last weights; 0 = off;
+    ``class_crops``: probability that a training crop is placed around a pixel of a labelled class
+    drawn uniformly among the classes present in the image (rare classes seen as often as common
+    ones, in the spirit of DAFormer's rare-class sampling); 0 = plain random crops.
     """
 
     train_dir: str = ""
@@ -88,6 +91,7 @@ class SegBenchSettings:
     eval_batch: int = 4
     hflip: bool = True
     ema: float = 0.0
+    class_crops: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot run."""
@@ -103,6 +107,8 @@ class SegBenchSettings:
             raise ValueError("at least one seed")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {self.ema}")
+        if not 0.0 <= self.class_crops <= 1.0:
+            raise ValueError(f"class-crop probability must be in [0, 1], got {self.class_crops}")
         for name, hw in (("size", self.size), ("crop", self.crop)):
             if hw is not None and (len(hw) != 2 or min(hw) < 1):
                 raise ValueError(f"{name} must be HEIGHTxWIDTH with positive values, got {hw}")
@@ -358,9 +364,28 @@ def build_segmenter(spec: str, num_classes: int = 9) -> nn.Module:
     return create_model(parsed.name, **kwargs)
 
 
+def _class_crop_corner(y: Tensor, crop: Size, g: torch.Generator) -> Optional[Tuple[int, int]]:
+    """Top-left corner of a crop holding a random pixel of a class drawn uniformly among the labelled
+    classes (not unlabeled 0, not ignore) present in ``y``, at a random place in the crop; ``None``
+    when ``y`` has no such pixel."""
+    present = [c for c in torch.unique(y).tolist() if c not in (0, IGNORE_INDEX)]
+    if not present:
+        return None
+    c = present[int(torch.randint(0, len(present), (1,), generator=g))]
+    pixels = torch.nonzero(y == c)
+    py, px = pixels[int(torch.randint(0, len(pixels), (1,), generator=g))].tolist()
+    (ch, cw), (h, w) = crop, y.shape
+    top = py - int(torch.randint(0, ch, (1,), generator=g))
+    left = px - int(torch.randint(0, cw, (1,), generator=g))
+    return min(max(top, 0), h - ch), min(max(left, 0), w - cw)
+
+
 def _sample_batch(images: Sequence[Tensor], labels: Sequence[Tensor], indices: Sequence[int],
-                  crop: Optional[Size], hflip: bool, g: torch.Generator) -> Tuple[Tensor, Tensor]:
-    """Random crops (padded with 0 / ignore when an image is smaller) and flips, drawn from ``g``."""
+                  crop: Optional[Size], hflip: bool, g: torch.Generator,
+                  class_crops: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Random crops (padded with 0 / ignore when an image is smaller) and flips, drawn from ``g``;
+    with probability ``class_crops`` a crop is placed around a pixel of a random present class
+    (no extra draw from ``g`` when it is 0, so plain runs are unchanged)."""
     xs, ys = [], []
     for i in indices:
         x, y = images[i].float().div(255.0), labels[i]
@@ -371,8 +396,13 @@ def _sample_batch(images: Sequence[Tensor], labels: Sequence[Tensor], indices: S
                 x = F.pad(x, (0, max(0, cw - w), 0, max(0, ch - h)))
                 y = F.pad(y, (0, max(0, cw - w), 0, max(0, ch - h)), value=IGNORE_INDEX)
                 h, w = x.shape[-2:]
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            corner = None
+            if class_crops > 0 and bool(torch.rand(1, generator=g) < class_crops):
+                corner = _class_crop_corner(y, (ch, cw), g)
+            if corner is None:
+                corner = (int(torch.randint(0, h - ch + 1, (1,), generator=g)),
+                          int(torch.randint(0, w - cw + 1, (1,), generator=g)))
+            top, left = corner
             x, y = x[:, top:top + ch, left:left + cw], y[top:top + ch, left:left + cw]
         if hflip and bool(torch.rand(1, generator=g) < 0.5):
             x, y = x.flip(-1), y.flip(-1)
@@ -428,7 +458,7 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
         while len(order) < settings.batch_size:
             order += torch.randperm(len(images), generator=g).tolist()
         batch, order = order[:settings.batch_size], order[settings.batch_size:]
-        x, y = _sample_batch(images, labels, batch, settings.crop, settings.hflip, g)
+        x, y = _sample_batch(images, labels, batch, settings.crop, settings.hflip, g, settings.class_crops)
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * _lr_factor(step, settings.steps, settings.warmup_steps)
         loss = criterion(model(x.to(device)).logits, y.to(device))
@@ -658,7 +688,7 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
         say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
     record = _base_settings(settings, kinds, skipped or {}, "quick")
     for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",
-                "hflip", "ema"):
+                "hflip", "ema", "class_crops"):
         record.pop(key, None)
     record.update({"segmenter": str(Path(segmenter_dir).resolve()), "segmenter_arch": segmenter.arch_config(),
                    "test_pairs": len(test), "picture_image": test.names[pic],

@@ -152,6 +152,32 @@ def test_ema_returns_the_moving_average_of_the_weights_along_training():
         fast_settings(**base, steps=1, ema=1.0).validate()
 
 
+def test_class_crops_hold_a_labelled_class_and_leave_plain_crops_unchanged():
+    """--class-crops 1: every crop of an image with a labelled class holds some of it (here a 2×2
+    patch a plain 16×16 crop of 60×80 rarely sees); an image of background only still gets a crop;
+    --class-crops 0 draws exactly the plain crops (same generator calls as before the option)."""
+    from dfsfuse.semantic_bench import _sample_batch
+
+    label = torch.zeros(60, 80, dtype=torch.long)
+    label[2:4, 70:72] = 8
+    images = [torch.arange(60 * 80).reshape(1, 60, 80).remainder(251).to(torch.uint8)] * 2
+    labels = [label, torch.zeros(60, 80, dtype=torch.long)]
+    g = torch.Generator().manual_seed(0)
+    hits = [bool((_sample_batch(images, labels, [0, 1], (16, 16), True, g, class_crops=1.0)[1][0] == 8).any())
+            for _ in range(40)]
+    assert all(hits)
+    g = torch.Generator().manual_seed(0)
+    plain = [bool((_sample_batch(images, labels, [0], (16, 16), True, g)[1] == 8).any()) for _ in range(40)]
+    assert sum(plain) < 10
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x, y = _sample_batch(images, labels, [0], (16, 16), True, g, class_crops=0.0)
+    top = int(torch.randint(0, 60 - 16 + 1, (1,), generator=ref))
+    left = int(torch.randint(0, 80 - 16 + 1, (1,), generator=ref))
+    flip = bool(torch.rand(1, generator=ref) < 0.5)
+    expected = labels[0][top:top + 16, left:left + 16]
+    assert torch.equal(y[0], expected.flip(-1) if flip else expected)
+
+
 def test_quick_mode_scores_one_segmenter_on_every_kind(tiny, tmp_path):
     torch.manual_seed(0)
     seg_dir = tmp_path / "seg"
@@ -234,6 +260,7 @@ def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
                             (["--size", "abc"], "--size"),
                             (["--seeds", "0"], "--seeds"),
                             (["--ema", "1.5"], "EMA decay"),
+                            (["--class-crops", "2"], "class-crop probability"),
                             (["--quick", str(tmp_path)], "no exported segmenter")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()

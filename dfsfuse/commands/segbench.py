@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--ema", type=float, metavar="DECAY",
                         help="score an exponential moving average of the segmenter's weights with this decay, "
                              "e.g. 0.99 (default 0: the last weights)")
+    parser.add_argument("--class-crops", type=float, metavar="P",
+                        help="probability that a training crop is placed around a pixel of a class drawn uniformly "
+                             "among those present (rare-class sampling; default 0: plain random crops)")
     parser.add_argument("--size", metavar="HxW|native",
                         help="working resolution (fast default 240x320; quick default native)")
     parser.add_argument("--crop", metavar="HxW|none", help="random training crop (fast default 160x224)")
@@ -97,7 +100,8 @@ def settings_from_args(args: argparse.Namespace):
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     overrides["seeds"] = list(range(args.seeds))
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                       ("segmenter", args.segmenter), ("seg_loss", args.loss), ("ema", args.ema)):
+                       ("segmenter", args.segmenter), ("seg_loss", args.loss), ("ema", args.ema),
+                       ("class_crops", args.class_crops)):
         if value is not None:
             overrides[key] = value
     size = _hw(args.size, "--size", ("native", "none", "full"))
