@@ -98,6 +98,17 @@ def test_several_seeds_record_mean_and_per_seed(tiny, tmp_path):
             assert miou == pytest.approx(sum(present) / len(present))
 
 
+def test_kinds_without_value_benchmarks_only_the_named_models_and_folders(tiny, tmp_path, capsys):
+    out = _run(tiny, tmp_path / "only.json", "--kinds")
+    assert set(out["miou"]) == {"student8", "maxdir"}
+    argv = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", *TINY,
+            "--json", str(tmp_path / "none.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no input kind" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "none.json").exists()
+
+
 def test_library_training_is_seeded_and_learns_a_trivial_task():
     """Bright rectangles labelled 1 on a dark background: a few dozen steps segment them."""
     settings = fast_settings(size=None, crop=(32, 32), steps=30, batch_size=4, lr=5e-3, warmup_steps=2,

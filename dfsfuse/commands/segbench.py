@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
                              "default ../shared/data/msrs/train ($DFSFUSE_SHARED_DATA overrides ../shared/data)")
     parser.add_argument("--test", type=Path, metavar="DIR",
                         help="labelled test folder, same layout (default ../shared/data/msrs/val)")
-    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), metavar="KIND",
+    parser.add_argument("--kinds", nargs="*", default=list(DEFAULT_KINDS), metavar="KIND",
                         help=f"built-in input kinds, any of {' '.join(BUILTIN_KINDS)} "
-                             f"(default: {' '.join(DEFAULT_KINDS)})")
+                             f"(default: {' '.join(DEFAULT_KINDS)}; --kinds with no value: only --model/--fused)")
     parser.add_argument("--teacher", type=Path, metavar="DIR",
                         help="teacher model folder (default: the shipped dfsfuse/assets/teacher; skipped if absent)")
     parser.add_argument("--student", type=Path, metavar="DIR",
