@@ -27,16 +27,28 @@ and the classic multi-scale rule:
   magnitude, at the coarsest level the brighter base. Each source's local contrast survives at
   the scale where it is strongest (a warm body keeps its IR contrast against a bright visible
   background, which ``max`` and ``region-max`` flatten).
+
+and a rule for segmenters rather than for the fusion metrics:
+
+- ``ir-contrast``: the visible luminance plus IR's *positive local contrast*,
+  ``vis + k·relu(ir − G_σ * ir)`` (:data:`IR_CONTRAST_GAIN` k = 3, Gaussian σ = the image's short
+  side × :data:`IR_CONTRAST_SIGMA_FRACTION`, i.e. 8 px at 480×640, reflected borders): everything
+  the visible camera sees, with whatever is warmer than its surroundings brightened on top, by day
+  as by night. A segmenter trained on it beats one trained on IR, VIS or ``max`` on MSRS (README,
+  Semantic benchmark); it loses VIF and Q^AB/F against ``max`` (IR's own structure is not kept).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
 from .options import BASELINE_METHODS
 
 __all__ = ["BASELINE_METHODS", "CONTRAST_GAIN", "LAPLACIAN_LEVELS", "REGION_GAIN", "REGION_SIGMA", "REGION_WINDOW",
-           "baseline_fusion", "laplacian_max_fusion", "poisson_fusion", "region_max_fusion", "region_taps"]
+           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "baseline_fusion", "gaussian_taps",
+           "ir_contrast_fusion", "laplacian_max_fusion", "poisson_fusion", "region_max_fusion", "region_taps"]
 
 CONTRAST_GAIN = 1.1
 
@@ -152,6 +164,31 @@ def laplacian_max_fusion(ir: np.ndarray, vis: np.ndarray, levels: int = LAPLACIA
     return fused
 
 
+IR_CONTRAST_GAIN = 3.0
+"""Weight ``k`` of IR's positive local contrast added to the visible image by ``ir-contrast``."""
+IR_CONTRAST_SIGMA_FRACTION = 1.0 / 60.0
+"""σ of ``ir-contrast``'s local IR mean as a fraction of the image's short side (8 px at 480×640)."""
+
+
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised Gaussian taps (float64), ``2·ceil(3σ) + 1`` of them."""
+    r = max(1, int(np.ceil(3.0 * sigma)))
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(t * t) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def ir_contrast_fusion(ir: np.ndarray, vis: np.ndarray, gain: float = IR_CONTRAST_GAIN,
+                       sigma: Optional[float] = None) -> np.ndarray:
+    """Float H×W ``vis + gain·relu(ir − G_σ * ir)`` of two grey images in [0, 255] (module docstring);
+    ``sigma`` defaults to the short side × :data:`IR_CONTRAST_SIGMA_FRACTION`."""
+    a, b = np.asarray(ir, np.float64), np.asarray(vis, np.float64)
+    if sigma is None:
+        sigma = min(a.shape) * IR_CONTRAST_SIGMA_FRACTION
+    local = _separable_blur(a, gaussian_taps(sigma), "reflect" if min(a.shape) > 1 else "edge")
+    return b + gain * np.maximum(a - local, 0.0)
+
+
 def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:
     """Fuse two H×W grey images in [0, 255] with a fixed rule; returns H×W uint8.
 
@@ -180,6 +217,8 @@ def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:
         fused = region_max_fusion(a, b)
     elif method == "laplacian":
         fused = laplacian_max_fusion(a, b)
+    elif method == "ir-contrast":
+        fused = ir_contrast_fusion(a, b)
     elif method == "ir":
         fused = a
     else:

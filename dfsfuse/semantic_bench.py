@@ -37,9 +37,10 @@ from .metrics.segmentation import ConfusionMatrix
 
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
-BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "teacher", "student")
+BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast", "teacher",
+                                  "student")
 DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
-RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian")
+RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast")
 # MFNet / RTFNet colours of the 9 MSRS classes (RGB).
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192),
@@ -217,7 +218,8 @@ class InputKind:
         if self.rule is not None:
             return {"ir": "infrared alone", "vis": "visible luminance alone", "avg": "(ir + vis) / 2",
                     "max": "max(ir, vis)", "region-max": "regional max (dfsfuse.baselines)",
-                    "laplacian": "Laplacian-pyramid max (dfsfuse.baselines)"}[self.rule]
+                    "laplacian": "Laplacian-pyramid max (dfsfuse.baselines)",
+                    "ir-contrast": "vis + 3 relu(ir - G * ir) (dfsfuse.baselines)"}[self.rule]
         return self.source
 
 

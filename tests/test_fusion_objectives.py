@@ -302,6 +302,36 @@ def test_laplacian_rule_keeps_a_warm_target_that_max_flattens():
     assert set(np.unique(baseline_fusion(vis, vis, "laplacian"))) == {120}
 
 
+def test_ir_contrast_rule_is_vis_plus_irs_positive_local_contrast():
+    import numpy as np
+
+    from dfsfuse.baselines import IR_CONTRAST_GAIN, baseline_fusion, ir_contrast_fusion
+
+    # Against an independent 2-D Gaussian convolution with reflected borders (σ given explicitly).
+    rng = np.random.default_rng(0)
+    ir, vis = rng.uniform(0, 255, (12, 16)), rng.uniform(0, 255, (12, 16))
+    sigma = 1.3
+    r = int(np.ceil(3 * sigma))
+    t = np.arange(-r, r + 1)
+    k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma ** 2))
+    k /= k.sum()
+    p = np.pad(ir, r, mode="reflect")
+    local = sum(k[i, j] * p[i:i + 12, j:j + 16] for i in range(2 * r + 1) for j in range(2 * r + 1))
+    np.testing.assert_allclose(ir_contrast_fusion(ir, vis, sigma=sigma),
+                               vis + IR_CONTRAST_GAIN * np.maximum(ir - local, 0), atol=1e-9)
+    # Flat IR adds nothing: the visible image exactly.
+    vis8 = rng.integers(0, 256, (48, 64)).astype(np.float64)
+    np.testing.assert_array_equal(baseline_fusion(np.full((48, 64), 90.0), vis8, "ir-contrast"), vis8)
+    # A warm target on a bright visible background: max and region-max show VIS there, this rule
+    # brightens the target above its surroundings (the default σ: short side / 60).
+    ir = np.full((120, 120), 60.0)
+    ir[57:63, 57:63] = 100.0
+    vis = np.full((120, 120), 120.0)
+    fused = baseline_fusion(ir, vis, "ir-contrast").astype(float)
+    assert fused[57:63, 57:63].mean() - fused[57:63, 80:86].mean() > 40  # more than its IR contrast
+    assert baseline_fusion(ir, vis, "max")[57:63, 57:63].mean() == 120
+
+
 def test_max_gain_rule_is_a_contrast_stretch_of_max():
     import numpy as np
 
