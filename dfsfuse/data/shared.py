@@ -16,8 +16,8 @@ CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 def shared_data_root() -> Path:
     """The shared data folder: ``$DFSFUSE_SHARED_DATA`` when set; else ``../shared/data`` beside the
     source checkout when that exists (so a script finds it from any working directory); else
-    ``../shared/data`` relative to the working directory (an installed package run from a checkout
-    of the data's neighbour). The folder itself may not exist; callers say what is missing."""
+    ``../shared/data`` relative to the working directory (an installed package, run from a folder
+    beside the data). The folder itself may not exist; callers say what is missing."""
     env = os.environ.get(SHARED_DATA_ENV)
     if env:
         return Path(env)
