@@ -96,11 +96,17 @@ REGION_GAIN = 400.0
 """Steepness of the selection on [0, 1] intensities: a 1-grey-level difference of local means ≈ 1.6 logits."""
 
 
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised Gaussian taps (float64), ``2·ceil(3σ) + 1`` of them."""
+    r = max(1, int(np.ceil(3.0 * sigma)))
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(t * t) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
 def region_taps() -> np.ndarray:
     """The ``REGION_WINDOW`` normalised Gaussian taps (float64) shared by this rule and the ``region`` head."""
-    t = np.arange(REGION_WINDOW) - (REGION_WINDOW - 1) / 2
-    g = np.exp(-(t * t) / (2 * REGION_SIGMA * REGION_SIGMA))
-    return g / g.sum()
+    return gaussian_taps(REGION_SIGMA)
 
 
 def _separable_blur(x: np.ndarray, taps: np.ndarray, mode: str) -> np.ndarray:
@@ -170,14 +176,6 @@ IR_CONTRAST_GAIN = 3.0
 """Weight ``k`` of IR's positive local contrast added to the visible image by ``ir-contrast``."""
 IR_CONTRAST_SIGMA_FRACTION = 1.0 / 60.0
 """σ of ``ir-contrast``'s local IR mean as a fraction of the image's short side (8 px at 480×640)."""
-
-
-def gaussian_taps(sigma: float) -> np.ndarray:
-    """Normalised Gaussian taps (float64), ``2·ceil(3σ) + 1`` of them."""
-    r = max(1, int(np.ceil(3.0 * sigma)))
-    t = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-(t * t) / (2.0 * sigma * sigma))
-    return g / g.sum()
 
 
 def ir_contrast_fusion(ir: np.ndarray, vis: np.ndarray, gain: float = IR_CONTRAST_GAIN,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .atomic import atomic_path, finite_json, write_json_atomic
-from .baselines import baseline_fusion
+from .baselines import IR_CONTRAST_GAIN, baseline_fusion
 from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
 from .metrics.segmentation import ConfusionMatrix
@@ -219,7 +219,7 @@ class InputKind:
             return {"ir": "infrared alone", "vis": "visible luminance alone", "avg": "(ir + vis) / 2",
                     "max": "max(ir, vis)", "region-max": "regional max (dfsfuse.baselines)",
                     "laplacian": "Laplacian-pyramid max (dfsfuse.baselines)",
-                    "ir-contrast": "vis + 3 relu(ir - G * ir) (dfsfuse.baselines)"}[self.rule]
+                    "ir-contrast": f"vis + {IR_CONTRAST_GAIN:g} relu(ir - G * ir) (dfsfuse.baselines)"}[self.rule]
         return self.source
 
 
