@@ -38,6 +38,11 @@ and a rule for segmenters rather than for the fusion metrics:
   VIS and ``max`` on the mean (within their seed range) at 900 steps (README, Semantic benchmark);
   it loses VIF, Q^AB/F and SSIM against ``max`` (IR's own structure is not kept, its noise is
   amplified).
+- ``region-contrast``: ``region-max + k·relu(G₂ * ir − G₈ * ir)`` (:data:`REGION_CONTRAST_GAIN`
+  k = 2, σ in pixels: :data:`WARM_CONTRAST_SIGMAS`, edge-replicated borders): the ``region``
+  head's rule with IR's warm blobs (without its pixel noise) added on top; the fixed-gain form of
+  the ``region-contrast`` head, whose network learns *where* to add them. A milder trade than
+  ``ir-contrast``: most of its segmentation gain at 900 steps for a third of its VIF cost.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ import numpy as np
 from .options import BASELINE_METHODS
 
 __all__ = ["BASELINE_METHODS", "CONTRAST_GAIN", "LAPLACIAN_LEVELS", "REGION_GAIN", "REGION_SIGMA", "REGION_WINDOW",
-           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "baseline_fusion", "gaussian_taps",
+           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "WARM_CONTRAST_SIGMAS", "REGION_CONTRAST_GAIN",
+           "region_contrast_fusion", "warm_contrast_map", "baseline_fusion", "gaussian_taps",
            "ir_contrast_fusion", "laplacian_max_fusion", "poisson_fusion", "region_max_fusion", "region_taps"]
 
 CONTRAST_GAIN = 1.1
@@ -94,6 +100,13 @@ REGION_WINDOW = 19
 """Taps of that Gaussian (2·round(3σ) + 1)."""
 REGION_GAIN = 400.0
 """Steepness of the selection on [0, 1] intensities: a 1-grey-level difference of local means ≈ 1.6 logits."""
+
+
+WARM_CONTRAST_SIGMAS = (2.0, 8.0)
+"""Gaussian σ (pixels) of the difference of Gaussians ``relu(G₂ * ir − G₈ * ir)``: IR's warm blobs
+(warmer than their surroundings, without pixel noise) that the ``region-contrast`` head adds."""
+REGION_CONTRAST_GAIN = 2.0
+"""Gain of the warm contrast in the ``region-contrast`` rule."""
 
 
 def gaussian_taps(sigma: float) -> np.ndarray:
@@ -189,6 +202,19 @@ def ir_contrast_fusion(ir: np.ndarray, vis: np.ndarray, gain: float = IR_CONTRAS
     return b + gain * np.maximum(a - local, 0.0)
 
 
+def warm_contrast_map(ir: np.ndarray) -> np.ndarray:
+    """Float H×W ``relu(G₂ * ir − G₈ * ir)`` (:data:`WARM_CONTRAST_SIGMAS`, edge-replicated borders)."""
+    a = np.asarray(ir, np.float64)
+    fine, coarse = (_separable_blur(a, gaussian_taps(s), "edge") for s in WARM_CONTRAST_SIGMAS)
+    return np.maximum(fine - coarse, 0.0)
+
+
+def region_contrast_fusion(ir: np.ndarray, vis: np.ndarray, gain: float = REGION_CONTRAST_GAIN) -> np.ndarray:
+    """Float H×W ``region-max + gain·relu(G₂ * ir − G₈ * ir)`` of two grey images in [0, 255]:
+    the ``region-contrast`` head with ``z = r = 0`` and a constant gain (module docstring)."""
+    return region_max_fusion(ir, vis) + gain * warm_contrast_map(ir)
+
+
 def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:
     """Fuse two H×W grey images in [0, 255] with a fixed rule; returns H×W uint8.
 
@@ -219,6 +245,8 @@ def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:
         fused = laplacian_max_fusion(a, b)
     elif method == "ir-contrast":
         fused = ir_contrast_fusion(a, b)
+    elif method == "region-contrast":
+        fused = region_contrast_fusion(a, b)
     elif method == "ir":
         fused = a
     else:

@@ -30,17 +30,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .atomic import atomic_path, finite_json, write_json_atomic
-from .baselines import IR_CONTRAST_GAIN, baseline_fusion
+from .baselines import IR_CONTRAST_GAIN, REGION_CONTRAST_GAIN, baseline_fusion
 from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
 from .metrics.segmentation import ConfusionMatrix
 
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
-BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast", "teacher",
-                                  "student")
+BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
+                                  "region-contrast", "teacher", "student")
 DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
-RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast")
+RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
+                               "region-contrast")
 # MFNet / RTFNet colours of the 9 MSRS classes (RGB).
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192),
@@ -219,7 +220,9 @@ class InputKind:
             return {"ir": "infrared alone", "vis": "visible luminance alone", "avg": "(ir + vis) / 2",
                     "max": "max(ir, vis)", "region-max": "regional max (dfsfuse.baselines)",
                     "laplacian": "Laplacian-pyramid max (dfsfuse.baselines)",
-                    "ir-contrast": f"vis + {IR_CONTRAST_GAIN:g} relu(ir - G * ir) (dfsfuse.baselines)"}[self.rule]
+                    "ir-contrast": f"vis + {IR_CONTRAST_GAIN:g} relu(ir - G * ir) (dfsfuse.baselines)",
+                    "region-contrast": f"region-max + {REGION_CONTRAST_GAIN:g} relu(G2 * ir - G8 * ir) "
+                                       "(dfsfuse.baselines)"}[self.rule]
         return self.source
 
 

@@ -217,12 +217,81 @@ def test_region_add_head_starts_at_the_rule_and_can_switch_a_saturated_region():
         assert head(feats, ir, vis).max().item() == 0.0
 
 
+def _edge_gaussian(x, sigma):
+    """Independent 2-D Gaussian convolution (full 2-D kernel, 2·ceil(3σ)+1 taps) with edge-replicated borders."""
+    import numpy as np
+
+    r = int(np.ceil(3 * sigma))
+    t = np.arange(-r, r + 1)
+    k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma ** 2))
+    k /= k.sum()
+    p = np.pad(x, r, mode="edge")
+    h, w = x.shape
+    return sum(k[i, j] * p[i:i + h, j:j + w] for i in range(2 * r + 1) for j in range(2 * r + 1))
+
+
+def test_warm_contrast_is_a_difference_of_gaussians_of_ir():
+    """The head's torch map and the rule's numpy map both equal relu(G2*ir - G8*ir) computed
+    with a 2-D kernel; the image is smaller than the coarse kernel (borders replicated many times)."""
+    import numpy as np
+
+    from dfsfuse.baselines import WARM_CONTRAST_SIGMAS, warm_contrast_map
+    from dfsfuse.models.blocks import warm_contrast
+
+    assert WARM_CONTRAST_SIGMAS == (2.0, 8.0)
+    ir = np.random.default_rng(3).uniform(0, 1, (20, 36))
+    expected = np.maximum(_edge_gaussian(ir, 2.0) - _edge_gaussian(ir, 8.0), 0)
+    np.testing.assert_allclose(warm_contrast_map(ir), expected, atol=1e-12)
+    got = warm_contrast(torch.from_numpy(ir).float()[None, None])[0, 0].double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_region_contrast_head_starts_at_region_max_and_adds_gain_times_warm_contrast():
+    """Zero maps: exactly the region-max rule. A gain map g: F = region-max + g·relu(G2*ir − G8*ir)
+    (the fixed-gain rule ``region-contrast`` for g = 2), and the gain's gradient is that map, so a
+    loss can raise it only where IR is warmer than its surroundings."""
+    import numpy as np
+
+    from dfsfuse.baselines import REGION_CONTRAST_GAIN, baseline_fusion, region_max_fusion, warm_contrast_map
+
+    ir = torch.full((1, 1, 64, 64), 0.3)
+    ir[..., 28:36, 28:36] = 0.5                      # a warm target...
+    vis = torch.full((1, 1, 64, 64), 0.6)            # ...on a brighter visible background
+    head = FusionHead(4, "region-contrast")
+    assert head.conv.out_channels == 3
+    feats = torch.zeros(1, 4, 64, 64)
+    a, b = ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255
+    out = head(feats, ir, vis)
+    np.testing.assert_allclose(out[0, 0].detach().double().numpy() * 255, region_max_fusion(a, b), atol=1e-3)
+    (-out[..., 28:36, 28:36].mean()).backward()      # a loss that wants the target brighter
+    g_grad = -head.conv.bias.grad[2].item()
+    expected_grad = warm_contrast_map(a / 255)[28:36, 28:36].mean()
+    assert g_grad == pytest.approx(expected_grad, rel=1e-4) and expected_grad > 0.05
+    with torch.no_grad():
+        head.conv.bias.copy_(torch.tensor([0.0, 0.0, REGION_CONTRAST_GAIN]))
+        out = head(feats, ir, vis)[0, 0].double().numpy() * 255
+    rule = baseline_fusion(a, b, "region-contrast").astype(np.float64)
+    assert np.abs(out - rule).max() <= 0.5 + 1e-3   # the rule is the same image rounded to 8 bits
+    assert out[28:36, 28:36].mean() - out[4:12, 4:12].mean() > 20   # the target now stands out
+    assert region_max_fusion(a, b)[28:36, 28:36].mean() == pytest.approx(b[0, 0])   # the rule alone hides it
+
+
+def test_region_contrast_rule_equals_region_max_on_flat_ir():
+    import numpy as np
+
+    from dfsfuse.baselines import baseline_fusion
+
+    vis = np.random.default_rng(4).integers(0, 256, (40, 48)).astype(np.float64)
+    ir = np.full((40, 48), 70.0)
+    np.testing.assert_array_equal(baseline_fusion(ir, vis, "region-contrast"), baseline_fusion(ir, vis, "region-max"))
+
+
 @pytest.mark.parametrize("name", ["student", "teacher"])
 def test_heads_are_a_kwarg_of_the_fusion_models(name):
     kwargs = {"dim": 8} if name == "teacher" else {"width": 4}
     ir, vis = _scene(7, 33)
     assert create_model(name, **kwargs).arch_kwargs["head"] == "region"  # the default
-    for head in ("region", "blend", "residual", "region-add"):
+    for head in ("region", "blend", "residual", "region-add", "region-contrast"):
         model = create_model(name, head=head, **kwargs)
         assert model.arch_kwargs["head"] == head
         assert model(ir, vis).fused.shape == ir.shape

@@ -11,7 +11,7 @@ from einops import rearrange
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
-from ..baselines import REGION_GAIN, REGION_WINDOW, region_taps
+from ..baselines import REGION_GAIN, REGION_WINDOW, WARM_CONTRAST_SIGMAS, gaussian_taps, region_taps
 from ..wavelets import DWTForward, DWTInverse
 
 
@@ -50,29 +50,33 @@ def fused_from_residual(residual: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
     return (torch.maximum(ir, vis_y) + residual).clamp(0.0, 1.0)
 
 
-HEADS: tuple[str, ...] = ("region", "blend", "residual", "region-add")
+HEADS: tuple[str, ...] = ("region", "blend", "residual", "region-add", "region-contrast")
 """Output heads every fusion network accepts (``head=`` kwarg); see :class:`FusionHead`."""
 
 
 def head_channels(kind: str) -> int:
-    """How many maps a head of ``kind`` predicts: 1 for ``residual`` (r), 2 for the others (z, r)."""
+    """How many maps a head of ``kind`` predicts: 1 for ``residual`` (r), 3 for ``region-contrast``
+    (z, r, g), 2 for the others (z, r)."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
-    return 1 if kind == "residual" else 2
+    return {"residual": 1, "region-contrast": 3}.get(kind, 2)
 
 
 _REGION_TAPS = region_taps().tolist()  # the region-max rule's Gaussian (dfsfuse.baselines)
 
 
-def _blur_along(x: Tensor, dim: int) -> Tensor:
-    """The region Gaussian along ``dim`` (-1 or -2), edge-replicated borders, same size.
+def _blur_along(x: Tensor, dim: int, taps: "list[float] | None" = None) -> Tensor:
+    """A symmetric Gaussian (default: the region Gaussian) along ``dim`` (-1 or -2),
+    edge-replicated borders, same size.
 
     A sum of shifted slices (taps paired by symmetry, accumulated in place), not a depthwise
     conv: PyTorch's CPU kernel for a 1×19 depthwise conv made this blur 2/3 of ``student_fast``'s
     time at 480×640 (32 of 48 ms on 2 threads); this takes ~4 ms with the same values (to float
     rounding). Slices end at negative offsets, so traced graphs stay size-independent.
     """
-    n, r = REGION_WINDOW, REGION_WINDOW // 2
+    taps = _REGION_TAPS if taps is None else taps
+    n = len(taps)
+    r = n // 2
     # Replicate padding by concatenating edge slices (not F.pad): the ONNX graph then keeps the
     # static channel dimension, which a traced replicate Pad loses.
     first, last = (x[..., :1], x[..., -1:]) if dim == -1 else (x[..., :1, :], x[..., -1:, :])
@@ -82,10 +86,21 @@ def _blur_along(x: Tensor, dim: int) -> Tensor:
         index = slice(k, (k - (n - 1)) or None)
         return y[..., index] if dim == -1 else y[..., index, :]
 
-    out = shifted(r) * _REGION_TAPS[r]
+    out = shifted(r) * taps[r]
     for k in range(r):
-        out.add_(shifted(k) + shifted(n - 1 - k), alpha=_REGION_TAPS[k])
+        out.add_(shifted(k) + shifted(n - 1 - k), alpha=taps[k])
     return out
+
+
+_WARM_TAPS = tuple(gaussian_taps(sigma).tolist() for sigma in WARM_CONTRAST_SIGMAS)
+
+
+def warm_contrast(ir: Tensor) -> Tensor:
+    """``relu(G₂ * ir − G₈ * ir)`` (σ in pixels, :data:`~dfsfuse.baselines.WARM_CONTRAST_SIGMAS`,
+    edge-replicated borders): where IR is warmer than its surroundings, as a blob (the small
+    Gaussian removes pixel noise); the direction the ``region-contrast`` head adds along."""
+    fine, coarse = (_blur_along(_blur_along(ir, -2, list(t)), -1, list(t)) for t in _WARM_TAPS)
+    return (fine - coarse).clamp(min=0.0)
 
 
 def region_logits(ir: Tensor, vis_y: Tensor) -> Tensor:
@@ -103,7 +118,10 @@ def fused_from_head(raw: Tensor, ir: Tensor, vis_y: Tensor, kind: str, sharpness
     """
     if kind == "residual":
         return fused_from_residual(raw, ir, vis_y)
-    z, residual = raw[:, :1], raw[:, 1:]
+    z, residual = raw[:, :1], raw[:, 1:2]
+    if kind == "region-contrast":
+        w = torch.sigmoid(z + region_logits(ir, vis_y))
+        return (vis_y + w * (ir - vis_y) + residual + raw[:, 2:3] * warm_contrast(ir)).clamp(0.0, 1.0)
     if kind == "region-add":
         # Not clipped: a clip at the saturated prior's 0/1 would pass no gradient (the point of
         # this head); F itself is clipped, and a weight outside [0, 1] extrapolates contrast.
@@ -137,6 +155,13 @@ class FusionHead(nn.Module):
       the other source takes a logit of tens: networks stay at the rule plus their residual.
       Here ``∂F/∂z = ir − vis`` everywhere, ``z = ±1`` switches any region, and a weight
       beyond [0, 1] stretches the difference of the sources. Same initial state (``region-max``).
+    - ``"region-contrast"``: ``region`` plus a learned gain ``g`` (third map) on IR's warm
+      contrast, ``F = clip(vis + w·(ir − vis) + r + g·relu(G₂ * ir − G₈ * ir))``
+      (:func:`warm_contrast`). A segmenter finds people far better in IR than in any
+      brightness-based fusion because a warm body keeps its contrast *against its surroundings*
+      there; adding that contrast everywhere costs VIF and Q^AB/F, so here the network learns
+      *where* to add it (from a segmentation loss or a teacher), not a fixed amount. Same
+      initial state (``g = 0``: ``region-max``).
 
     ``forward(x, ir, vis_y)`` crops the head's output to ``ir``'s size first, so a network that
     pads its input (the teacher) can hand over its padded decoder map.
