@@ -11,7 +11,7 @@ from einops import rearrange
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
-from ..baselines import REGION_GAIN, REGION_WINDOW, WARM_CONTRAST_SIGMAS, gaussian_taps, region_taps
+from ..baselines import REGION_GAIN, WARM_CONTRAST_SIGMAS, gaussian_taps, region_taps
 from ..wavelets import DWTForward, DWTInverse
 
 
