@@ -246,10 +246,10 @@ def test_warm_contrast_is_a_difference_of_gaussians_of_ir():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_region_contrast_head_starts_at_region_max_and_adds_gain_times_warm_contrast():
-    """Zero maps: exactly the region-max rule. A gain map g: F = region-max + g·relu(G2*ir − G8*ir)
-    (the fixed-gain rule ``region-contrast`` for g = 2), and the gain's gradient is that map, so a
-    loss can raise it only where IR is warmer than its surroundings."""
+def test_region_contrast_head_starts_at_its_rule_and_learns_the_gain_of_warm_contrast():
+    """Zero maps: the ``region-contrast`` rule (region-max + 2·relu(G2*ir − G8*ir)). A gain map g:
+    F = region-max + (2 + g)·relu(G2*ir − G8*ir) (g = −2: exactly region-max), and the gain's
+    gradient is that map, so a loss can move it only where IR is warmer than its surroundings."""
     import numpy as np
 
     from dfsfuse.baselines import REGION_CONTRAST_GAIN, baseline_fusion, region_max_fusion, warm_contrast_map
@@ -262,18 +262,18 @@ def test_region_contrast_head_starts_at_region_max_and_adds_gain_times_warm_cont
     feats = torch.zeros(1, 4, 64, 64)
     a, b = ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255
     out = head(feats, ir, vis)
-    np.testing.assert_allclose(out[0, 0].detach().double().numpy() * 255, region_max_fusion(a, b), atol=1e-3)
+    rule = baseline_fusion(a, b, "region-contrast").astype(np.float64)
+    assert np.abs(out[0, 0].detach().double().numpy() * 255 - rule).max() <= 0.5 + 1e-3  # rule = 8-bit rounding
+    assert rule[28:36, 28:36].mean() - rule[4:12, 4:12].mean() > 20    # the target stands out...
+    assert region_max_fusion(a, b)[28:36, 28:36].mean() == pytest.approx(b[0, 0])   # ...region-max hides it
     (-out[..., 28:36, 28:36].mean()).backward()      # a loss that wants the target brighter
     g_grad = -head.conv.bias.grad[2].item()
     expected_grad = warm_contrast_map(a / 255)[28:36, 28:36].mean()
     assert g_grad == pytest.approx(expected_grad, rel=1e-4) and expected_grad > 0.05
     with torch.no_grad():
-        head.conv.bias.copy_(torch.tensor([0.0, 0.0, REGION_CONTRAST_GAIN]))
+        head.conv.bias.copy_(torch.tensor([0.0, 0.0, -REGION_CONTRAST_GAIN]))
         out = head(feats, ir, vis)[0, 0].double().numpy() * 255
-    rule = baseline_fusion(a, b, "region-contrast").astype(np.float64)
-    assert np.abs(out - rule).max() <= 0.5 + 1e-3   # the rule is the same image rounded to 8 bits
-    assert out[28:36, 28:36].mean() - out[4:12, 4:12].mean() > 20   # the target now stands out
-    assert region_max_fusion(a, b)[28:36, 28:36].mean() == pytest.approx(b[0, 0])   # the rule alone hides it
+    np.testing.assert_allclose(out, region_max_fusion(a, b), atol=1e-3)
 
 
 def test_region_contrast_rule_equals_region_max_on_flat_ir():
