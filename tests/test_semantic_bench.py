@@ -96,6 +96,11 @@ def test_several_seeds_record_mean_and_per_seed(tiny, tmp_path):
         for seed, miou in enumerate(values):  # each seed's mIoU is the mean of its present classes
             present = [v[seed] for v in per_class.values() if v[seed] is not None]
             assert miou == pytest.approx(sum(present) / len(present))
+    # --first-seed extends a run: seed 1 alone gives what it gave as the second of two seeds.
+    later = _run(tiny, tmp_path / "s1.json", "--kinds", "ir", "max", "--seeds", "1", "--first-seed", "1")
+    assert later["seeds"] == [1]
+    for kind, miou in later["miou"].items():
+        assert miou == out["miou_per_seed"][kind][1]
 
 
 def test_kinds_without_value_benchmarks_only_the_named_models_and_folders(tiny, tmp_path, capsys):
@@ -270,6 +275,7 @@ def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
                             (["--teacher", str(tmp_path / "nope"), "--kinds", "teacher"], "no exported teacher"),
                             (["--size", "abc"], "--size"),
                             (["--seeds", "0"], "--seeds"),
+                            (["--first-seed", "-1"], "--first-seed"),
                             (["--ema", "1.5"], "EMA decay"),
                             (["--class-crops", "2"], "class-crop probability"),
                             (["--quick", str(tmp_path)], "no exported segmenter")):

@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--full", action="store_true",
                         help="GPU setting: native resolution, 384x512 crops, 4000 steps of batch 16, the registry "
                              "segmenter (default: the fast CPU setting)")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="train with seeds 0..N-1 (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train with N seeds, --first-seed .. --first-seed+N-1 (default 1)")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="K",
+                        help="first seed (default 0); e.g. --first-seed 3 --seeds 2 adds seeds 3, 4 to a 3-seed run")
     parser.add_argument("--steps", type=int, help="training steps per segmenter (fast default 300)")
     parser.add_argument("--batch-size", type=int, help="training batch (fast default 8)")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
@@ -99,7 +102,9 @@ def settings_from_args(args: argparse.Namespace):
     }
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
-    overrides["seeds"] = list(range(args.seeds))
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
+    overrides["seeds"] = list(range(args.first_seed, args.first_seed + args.seeds))
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                        ("segmenter", args.segmenter), ("seg_loss", args.loss), ("ema", args.ema),
                        ("class_crops", args.class_crops)):
