@@ -26,6 +26,11 @@ SHIPPED_TEACHER = SHIPPED_STUDENT.with_name("teacher")
 """The teacher the shipped student was distilled from (float16 storage)."""
 SHIPPED_SEGMENTER = SHIPPED_STUDENT.with_name("segmenter")
 """The segmenter of that run (9 MSRS classes, reads a fused luminance; float16 storage)."""
+SHIPPED_SEMANTIC = SHIPPED_STUDENT.with_name("semantic")
+"""The segmentation-friendly set (``recipes/configs/msrs_semantic_cpu.yaml``): ``teacher/``
+(float16), ``student/`` and ``segmenter/`` (float16), both fusion networks with the
+``region-contrast`` head; fusions that help a segmenter more than IR, VIS or ``max`` (README,
+Semantic benchmark) at a cost in VIF and Q^AB/F."""
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dfsfuse.baselines import baseline_fusion
 from dfsfuse.data import bundled_msrs_root
-from dfsfuse.export import SHIPPED_SEGMENTER, SHIPPED_STUDENT, SHIPPED_TEACHER, from_pretrained
+from dfsfuse.export import SHIPPED_SEGMENTER, SHIPPED_SEMANTIC, SHIPPED_STUDENT, SHIPPED_TEACHER, from_pretrained
 from dfsfuse.metrics import fusion_metrics_batch
 
 
@@ -19,6 +19,9 @@ from dfsfuse.metrics import fusion_metrics_batch
     (SHIPPED_STUDENT, "student_fast", "fusion", None),
     (SHIPPED_TEACHER, "teacher", "fusion", "float16"),
     (SHIPPED_SEGMENTER, "segmenter", "segmentation", "float16"),
+    (SHIPPED_SEMANTIC / "student", "student_fast", "fusion", None),
+    (SHIPPED_SEMANTIC / "teacher", "teacher", "fusion", "float16"),
+    (SHIPPED_SEMANTIC / "segmenter", "segmenter", "segmentation", "float16"),
 ])
 def test_shipped_model_loads_in_float32_with_a_card(folder, architecture, kind, storage):
     config = json.loads((folder / "config.json").read_text())
@@ -29,7 +32,7 @@ def test_shipped_model_loads_in_float32_with_a_card(folder, architecture, kind, 
     card = (folder / "README.md").read_text()
     assert "msrs_train" in card  # what it was trained on
     if kind == "fusion":
-        assert config["kwargs"]["head"] == "region"
+        assert config["kwargs"]["head"] == ("region-contrast" if folder.parent == SHIPPED_SEMANTIC else "region")
         assert "| max |" in card.replace("`", "")  # held-out numbers next to the max rule
 
 
@@ -50,3 +53,25 @@ def test_shipped_student_and_teacher_fuse_a_bundled_pair_above_max_on_vif():
     vif = {k: float(fusion_metrics_batch(f, ir, vis, metrics=("VIF",))["VIF"][0]) for k, f in fused.items()}
     assert vif["teacher"] > vif["max"] and vif["student"] > vif["max"]
     assert np.abs(fused["student"] - fused["teacher"]).mean() < 6  # grey levels
+
+
+def test_shipped_semantic_student_brightens_warm_objects_and_leaves_the_rest_near_region_max():
+    """On a held-out bundled MSRS pair, the segmentation-friendly student adds brightness over
+    region-max where IR is warmer than its surroundings (the top 2% of relu(G2*ir − G8*ir)), and
+    little elsewhere: what it was trained to do, and what the shipped metric student does not."""
+    from dfsfuse.baselines import region_max_fusion, warm_contrast_map
+
+    root = bundled_msrs_root() / "test"
+    name = "00081D.png"
+    ir = np.asarray(Image.open(root / "ir" / name).convert("L"), np.float64)
+    vis = np.asarray(Image.open(root / "vi" / name).convert("L"), np.float64)
+    a, b = (torch.from_numpy(x / 255).float()[None, None] for x in (ir, vis))
+    warm = warm_contrast_map(ir)
+    hot = warm >= np.quantile(warm, 0.98)
+    offset = {}
+    with torch.inference_mode():
+        for label, folder in (("semantic", SHIPPED_SEMANTIC / "student"), ("student", SHIPPED_STUDENT)):
+            d = from_pretrained(folder)(a, b).fused[0, 0].double().numpy() * 255 - region_max_fusion(ir, vis)
+            offset[label] = (d[hot].mean(), np.abs(d[~hot]).mean())
+    assert offset["semantic"][0] > 8 > offset["student"][0]          # grey levels on warm blobs
+    assert offset["semantic"][0] > 3 * offset["semantic"][1]          # far more than anywhere else
