@@ -81,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pairs = PairedImages(data, labels=True)
         if not pairs.has_labels:
             raise DatasetError(f"{data}: no Segmentation_labels/ folder")
-        models = {name: load_fusion_model(path).eval() for name, path in parse_named(args.model, "--model").items()}
+        model_dirs = parse_named(args.model, "--model")
+        models = {name: load_fusion_model(path).eval() for name, path in model_dirs.items()}
         for rule in args.rules:
             baseline_fusion(np.zeros((2, 2)), np.zeros((2, 2)), rule)  # unknown rule: ValueError now, not later
     except (DatasetError, FileNotFoundError, ValueError) as exc:
@@ -102,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 fused = model(sample["ir"][None], sample["vis_y"][None]).fused[0, 0].clamp(0, 1).numpy()
                 acc[name].add(np.round(fused * 255.0), reference, label)
     record = {
-        "settings": {"data": str(data), "pairs": count, "models": {n: str(p) for n, p in parse_named(args.model, "--model").items()},
+        "settings": {"data": str(data), "pairs": count, "models": {n: str(p) for n, p in model_dirs.items()},
                      "rules": list(args.rules), "reference": "region-max (unrounded)", "units": "grey levels (0-255)",
                      "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                      "wall_time_s": round(time.time() - started, 1)},

@@ -92,14 +92,14 @@ def _blur_along(x: Tensor, dim: int, taps: "list[float] | None" = None) -> Tenso
     return out
 
 
-_WARM_TAPS = tuple(gaussian_taps(sigma).tolist() for sigma in WARM_CONTRAST_SIGMAS)
+_WARM_TAPS = [gaussian_taps(sigma).tolist() for sigma in WARM_CONTRAST_SIGMAS]
 
 
 def warm_contrast(ir: Tensor) -> Tensor:
     """``relu(G₂ * ir − G₈ * ir)`` (σ in pixels, :data:`~dfsfuse.baselines.WARM_CONTRAST_SIGMAS`,
     edge-replicated borders): where IR is warmer than its surroundings, as a blob (the small
     Gaussian removes pixel noise); the direction the ``region-contrast`` head adds along."""
-    fine, coarse = (_blur_along(_blur_along(ir, -2, list(t)), -1, list(t)) for t in _WARM_TAPS)
+    fine, coarse = (_blur_along(_blur_along(ir, -2, taps), -1, taps) for taps in _WARM_TAPS)
     return (fine - coarse).clamp(min=0.0)
 
 
