@@ -1,0 +1,96 @@
+"""Does a fusion beat IR, VIS and ``max`` beyond the seed spread? Checks over semantic-benchmark JSONs.
+
+Joins the JSON files of several ``dfsfuse segbench`` runs (kinds or seeds split across runs; the
+protocol — steps, batch, sizes, segmenter, loss, folders — must match) and checks, for ``--subject``
+against each ``--against`` kind over their common seeds (:mod:`dfsfuse.seed_claims`):
+
+- paired: above it in every seed (the benchmark gives every kind the same seeds);
+- unpaired (strict): its worst seed above the other's best;
+- with ``--teacher``: mean mIoU at least ``--ratio`` (0.95) of the teacher's.
+
+::
+
+    python benchmarks/semantic_claims.py benchmarks/results/semantic_900.json \\
+        benchmarks/results/semantic_900_semantic_student.json benchmarks/results/semantic_900_seeds34.json \\
+        --subject sem_student --teacher sem_teacher --json benchmarks/results/semantic_claims.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from dfsfuse.atomic import write_json_atomic  # noqa: E402
+from dfsfuse.seed_claims import compare_kinds, merge_results  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (files, subject, kinds to beat, teacher, ratio, seeds, JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", type=Path, help="segbench --json files")
+    parser.add_argument("--subject", required=True, help="the kind that should win, e.g. student")
+    parser.add_argument("--against", nargs="+", default=["ir", "vis", "max"], help="kinds to beat (default ir vis max)")
+    parser.add_argument("--teacher", help="kind whose mean mIoU the subject must keep --ratio of")
+    parser.add_argument("--ratio", type=float, default=0.95, help="share of the teacher's mIoU to keep (default 0.95)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every common seed)")
+    parser.add_argument("--json", type=Path, help="write the checks here")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Merge, check, print a table; 2 on unreadable or incomparable input."""
+    from rich.console import Console
+    from rich.table import Table
+
+    args = build_parser().parse_args(argv)
+    try:
+        docs = []
+        for path in args.results:
+            try:
+                docs.append((str(path), json.loads(path.read_text())))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}: cannot read a JSON result ({exc.__class__.__name__}: {exc})") from None
+        per_seed, protocol = merge_results(docs)
+        if args.seeds:
+            per_seed = {k: {s: m for s, m in v.items() if s in args.seeds} for k, v in per_seed.items()}
+            per_seed = {k: v for k, v in per_seed.items() if v}
+        claims = compare_kinds(per_seed, args.subject, args.against, args.teacher, args.ratio)
+    except ValueError as exc:
+        print(f"semantic_claims.py: error: {exc}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{args.subject} vs other inputs, mIoU on {protocol['test_dir']} "
+                        f"({protocol['steps']} steps of batch {protocol['batch_size']})")
+    for column in ("vs", "seeds", "mean", "vs mean (worst..best)", "difference per seed", "paired",
+                   "strict margin"):
+        table.add_column(column, justify="left" if column in ("vs", "seeds") else "right")
+    for v in claims.versus:
+        mean = sum(v.subject) / len(v.subject)
+        other = sum(v.other) / len(v.other)
+        table.add_row(v.kind, ",".join(map(str, v.seeds)), f"{mean:.4f}",
+                      f"{other:.4f} ({min(v.other):.4f}..{max(v.other):.4f})",
+                      f"{min(v.differences):+.4f}..{max(v.differences):+.4f}",
+                      "yes" if v.paired else "no", f"{v.margin:+.4f}")
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    if claims.teacher:
+        console.print(f"{args.subject} / {claims.teacher} mean mIoU: {claims.teacher_ratio:.1%} "
+                      f"(needed {args.ratio:.0%}; worst/best seed {claims.teacher_min_ratio:.1%})")
+    console.print(f"paired claim (every seed): {'holds' if claims.paired else 'fails'}; "
+                  f"strict claim (ranges apart): {'holds' if claims.unpaired else 'fails'}")
+    if args.json:
+        record = {"files": [str(p) for p in args.results], "protocol": protocol, "seeds_filter": args.seeds,
+                  "miou_per_seed": {k: {str(s): m for s, m in sorted(v.items())} for k, v in per_seed.items()},
+                  **claims.to_dict()}
+        write_json_atomic(args.json, record)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Does "A beats B" hold beyond the seed spread? Paired and unpaired checks on semantic-benchmark results.
+
+The semantic benchmark trains one segmenter per input kind and seed, and a seed fixes the initial
+weights, the data order and every crop for *every* kind. Most of the spread between seeds is
+therefore shared by all kinds (measured: seed 0 is the best seed of VIS, ``max`` and every fusion at
+900 steps, through the rare classes bump and bike), so two claims are worth reporting:
+
+- **paired**: the subject beats the other kind in every seed (the smallest per-seed difference is
+  above zero), the comparison the protocol's shared seeds are designed for;
+- **unpaired (strict)**: the subject's worst seed is above the other kind's best seed, which also
+  holds when the seeds share nothing.
+
+:func:`merge_results` joins the JSON files of several ``dfsfuse segbench`` runs (kinds or seeds
+split across runs) after checking that they used the same protocol; :func:`compare_kinds` makes the
+checks. ``benchmarks/semantic_claims.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Settings that change what a segmenter learns: results that differ in any of them are not comparable.
+PROTOCOL_KEYS: Tuple[str, ...] = ("size", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps",
+                                  "segmenter", "seg_loss", "hflip", "ema", "class_crops", "test_dir", "train_dir")
+# Defaults of settings that older result files do not record.
+_MISSING = {"ema": 0.0, "class_crops": 0.0}
+
+PerSeed = Dict[str, Dict[int, float]]
+
+
+def per_seed_miou(doc: Mapping[str, Any]) -> PerSeed:
+    """``{kind: {seed: mIoU}}`` of one ``segbench --json`` document (one seed or several)."""
+    seeds = [int(s) for s in doc.get("seeds") or []]
+    if not seeds:
+        raise ValueError("no seeds: a --quick result has nothing to compare over seeds")
+    many = doc.get("miou_per_seed")
+    out: PerSeed = {}
+    for kind, mean in doc["miou"].items():
+        values = many[kind] if many else [mean]
+        if len(values) != len(seeds):
+            raise ValueError(f"kind {kind!r} has {len(values)} mIoU values for {len(seeds)} seeds")
+        out[kind] = {s: float(v) for s, v in zip(seeds, values)}
+    return out
+
+
+def _protocol(doc: Mapping[str, Any]) -> Dict[str, Any]:
+    settings = doc.get("settings") or {}
+    out = {}
+    for key in PROTOCOL_KEYS:
+        value = settings.get(key, _MISSING.get(key))
+        if value is not None and key.endswith("_dir"):
+            value = Path(str(value)).name  # the folder, not where it was mounted
+        out[key] = value
+    return out
+
+
+def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Tuple[PerSeed, Dict[str, Any]]:
+    """Join ``(name, segbench JSON)`` documents into ``{kind: {seed: mIoU}}`` and their shared protocol.
+
+    Raises ``ValueError`` naming the file when a document's protocol differs from the first one's,
+    or when two documents hold the same kind and seed with different numbers.
+    """
+    if not docs:
+        raise ValueError("no results to merge")
+    merged: PerSeed = {}
+    where: Dict[Tuple[str, int], str] = {}
+    first_name, first = docs[0]
+    protocol = _protocol(first)
+    for name, doc in docs:
+        theirs = _protocol(doc)
+        for key in PROTOCOL_KEYS:
+            if theirs[key] != protocol[key]:
+                raise ValueError(f"{name}: {key} is {theirs[key]!r}, {first_name} has {protocol[key]!r}; "
+                                 "results of different protocols are not comparable")
+        try:
+            rows = per_seed_miou(doc)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        for kind, values in rows.items():
+            for seed, miou in values.items():
+                known = merged.setdefault(kind, {}).get(seed)
+                if known is not None and abs(known - miou) > 1e-12:
+                    raise ValueError(f"{name}: {kind} seed {seed} is {miou:.4f}, {where[(kind, seed)]} has "
+                                     f"{known:.4f}; keep one of them")
+                merged[kind][seed] = miou
+                where.setdefault((kind, seed), name)
+    return merged, protocol
+
+
+@dataclass
+class Versus:
+    """The subject against one other kind over their common seeds."""
+
+    kind: str
+    seeds: List[int]
+    subject: List[float]
+    other: List[float]
+    differences: List[float] = field(init=False)
+    paired: bool = field(init=False)
+    unpaired: bool = field(init=False)
+    margin: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.differences = [a - b for a, b in zip(self.subject, self.other)]
+        self.paired = min(self.differences) > 0
+        # Strict: worst subject seed minus best other seed (> 0: the ranges do not overlap).
+        self.margin = min(self.subject) - max(self.other)
+        self.unpaired = self.margin > 0
+
+
+@dataclass
+class Claims:
+    """Every check of :func:`compare_kinds`, JSON-ready with :meth:`to_dict`."""
+
+    subject: str
+    versus: List[Versus]
+    teacher: Optional[str] = None
+    teacher_ratio: Optional[float] = None
+    teacher_min_ratio: Optional[float] = None
+    ratio_needed: float = 0.95
+
+    @property
+    def paired(self) -> bool:
+        """Above every other kind in every common seed (and the teacher ratio, if any, is met)."""
+        return all(v.paired for v in self.versus) and self._teacher_ok()
+
+    @property
+    def unpaired(self) -> bool:
+        """Worst seed above every other kind's best seed (and the teacher ratio, if any, is met)."""
+        return all(v.unpaired for v in self.versus) and self._teacher_ok()
+
+    def _teacher_ok(self) -> bool:
+        return self.teacher_ratio is None or self.teacher_ratio >= self.ratio_needed
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data: the subject, per-kind checks, the teacher ratio and both verdicts."""
+        return {"subject": self.subject, "versus": [asdict(v) for v in self.versus], "teacher": self.teacher,
+                "teacher_ratio": self.teacher_ratio, "teacher_min_ratio": self.teacher_min_ratio,
+                "ratio_needed": self.ratio_needed, "paired": self.paired, "unpaired": self.unpaired}
+
+
+def compare_kinds(per_seed: PerSeed, subject: str, others: Sequence[str], teacher: Optional[str] = None,
+                  ratio_needed: float = 0.95) -> Claims:
+    """Check ``subject`` against each of ``others`` over the seeds both have, and (with ``teacher``)
+    that its mean mIoU is at least ``ratio_needed`` of the teacher's over their common seeds."""
+    for kind in (subject, *others, *([teacher] if teacher else [])):
+        if kind not in per_seed:
+            raise ValueError(f"no results for kind {kind!r}; have {', '.join(sorted(per_seed))}")
+    mine = per_seed[subject]
+    versus = []
+    for kind in others:
+        seeds = sorted(set(mine) & set(per_seed[kind]))
+        if not seeds:
+            raise ValueError(f"{subject} and {kind} share no seed")
+        versus.append(Versus(kind, seeds, [mine[s] for s in seeds], [per_seed[kind][s] for s in seeds]))
+    claims = Claims(subject, versus, ratio_needed=ratio_needed)
+    if teacher:
+        seeds = sorted(set(mine) & set(per_seed[teacher]))
+        if not seeds:
+            raise ValueError(f"{subject} and {teacher} share no seed")
+        ours = np.array([mine[s] for s in seeds])
+        theirs = np.array([per_seed[teacher][s] for s in seeds])
+        claims.teacher = teacher
+        claims.teacher_ratio = float(ours.mean() / theirs.mean())
+        claims.teacher_min_ratio = float(ours.min() / theirs.max())
+    return claims

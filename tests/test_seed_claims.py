@@ -1,0 +1,104 @@
+"""Paired and strict (unpaired) seed-spread checks over semantic-benchmark results, and their script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO, load_script
+from dfsfuse.seed_claims import compare_kinds, merge_results, per_seed_miou
+
+SETTINGS = {"size": [240, 320], "crop": [160, 224], "steps": 900, "batch_size": 8, "lr": 0.002,
+            "weight_decay": 1e-4, "warmup_steps": 20, "segmenter": "segmenter:backbone=x", "seg_loss": "weighted",
+            "hflip": True, "ema": 0.0, "class_crops": 0.0,
+            "train_dir": "/a/msrs/train", "test_dir": "/a/msrs/val"}
+
+
+def doc(miou_per_seed, seeds, **settings):
+    """A segbench --json document with these per-seed mIoUs."""
+    out = {"settings": {**SETTINGS, **settings}, "seeds": seeds,
+           "miou": {k: sum(v) / len(v) for k, v in miou_per_seed.items()}}
+    if len(seeds) > 1:
+        out["miou_per_seed"] = miou_per_seed
+    return out
+
+
+def test_per_seed_reads_one_seed_and_several():
+    assert per_seed_miou(doc({"ir": [0.2]}, [3])) == {"ir": {3: 0.2}}
+    assert per_seed_miou(doc({"ir": [0.2, 0.3]}, [0, 1])) == {"ir": {0: 0.2, 1: 0.3}}
+    with pytest.raises(ValueError, match="quick"):
+        per_seed_miou({"settings": {}, "seeds": [], "miou": {"ir": 0.2}})
+
+
+def test_merge_joins_kinds_and_seeds_from_several_runs():
+    merged, protocol = merge_results([
+        ("a.json", doc({"ir": [0.15, 0.16], "vis": [0.14, 0.17]}, [0, 1])),
+        ("b.json", doc({"student": [0.18, 0.19]}, [0, 1])),
+        ("c.json", doc({"ir": [0.155]}, [2], train_dir="/elsewhere/msrs/train")),  # same folder name: same data
+    ])
+    assert merged == {"ir": {0: 0.15, 1: 0.16, 2: 0.155}, "vis": {0: 0.14, 1: 0.17}, "student": {0: 0.18, 1: 0.19}}
+    assert protocol["steps"] == 900 and protocol["test_dir"] == "val"
+
+
+def test_merge_refuses_other_protocols_and_conflicting_numbers_naming_the_file():
+    base = ("a.json", doc({"ir": [0.15]}, [0]))
+    with pytest.raises(ValueError, match=r"b\.json: steps is 300, a\.json has 900"):
+        merge_results([base, ("b.json", doc({"vis": [0.14]}, [0], steps=300))])
+    # An older file without the ema key means ema 0: still comparable.
+    old = doc({"vis": [0.14]}, [0])
+    del old["settings"]["ema"]
+    assert merge_results([base, ("old.json", old)])[0]["vis"] == {0: 0.14}
+    with pytest.raises(ValueError, match=r"b\.json: ir seed 0 is 0\.1600, a\.json has 0\.1500"):
+        merge_results([base, ("b.json", doc({"ir": [0.16]}, [0]))])
+
+
+def test_paired_and_strict_claims_against_a_hand_computation():
+    per_seed = {"student": {0: 0.18, 1: 0.17, 2: 0.165},
+                "max": {0: 0.175, 1: 0.16, 2: 0.15},     # below in every seed, but seed 0 above 0.165
+                "ir": {0: 0.16, 1: 0.159, 2: 0.158},     # ranges apart
+                "teacher": {0: 0.17, 1: 0.17, 2: 0.17}}
+    claims = compare_kinds(per_seed, "student", ["max", "ir"], teacher="teacher")
+    by = {v.kind: v for v in claims.versus}
+    assert by["max"].differences == pytest.approx([0.005, 0.01, 0.015])
+    assert by["max"].paired and not by["max"].unpaired and by["max"].margin == pytest.approx(0.165 - 0.175)
+    assert by["ir"].paired and by["ir"].unpaired and by["ir"].margin == pytest.approx(0.165 - 0.16)
+    assert claims.teacher_ratio == pytest.approx((0.515 / 3) / 0.17)
+    assert claims.paired and not claims.unpaired
+    # A teacher well above the student breaks both claims.
+    per_seed["teacher"] = {0: 0.2, 1: 0.2, 2: 0.2}
+    assert not compare_kinds(per_seed, "student", ["ir"], teacher="teacher").paired
+
+
+def test_only_common_seeds_are_compared_and_unknown_kinds_are_errors():
+    per_seed = {"student": {0: 0.2, 1: 0.1}, "ir": {0: 0.15, 5: 0.3}}
+    (v,) = compare_kinds(per_seed, "student", ["ir"]).versus
+    assert v.seeds == [0] and v.paired and v.unpaired
+    with pytest.raises(ValueError, match="no results for kind 'vis'"):
+        compare_kinds(per_seed, "student", ["vis"])
+    with pytest.raises(ValueError, match="share no seed"):
+        compare_kinds({"student": {1: 0.2}, "ir": {0: 0.1}}, "student", ["ir"])
+
+
+def test_script_merges_files_writes_json_and_fails_cleanly_on_bad_input(tmp_path, capsys):
+    script = load_script(REPO / "benchmarks" / "semantic_claims.py", "semantic_claims")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(doc({"ir": [0.15, 0.16, 0.155], "vis": [0.14, 0.17, 0.15], "max": [0.16, 0.15, 0.14]},
+                                [0, 1, 2])))
+    b.write_text(json.dumps(doc({"student": [0.18, 0.175, 0.172]}, [0, 1, 2])))
+    out = tmp_path / "claims.json"
+    assert script.main([str(a), str(b), "--subject", "student", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["paired"] is True and record["unpaired"] is True
+    assert [v["kind"] for v in record["versus"]] == ["ir", "vis", "max"]
+    assert record["miou_per_seed"]["student"] == {"0": 0.18, "1": 0.175, "2": 0.172}
+    assert "strict claim (ranges apart): holds" in capsys.readouterr().out
+    # Seeds filter: seed 1 only.
+    assert script.main([str(a), str(b), "--subject", "student", "--seeds", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["versus"][0]["seeds"] == [1]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert script.main([str(a), str(bad), "--subject", "student", "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("semantic_claims.py: error:") and "bad.json" in err and "\n" not in err
+    assert json.loads(out.read_text())["versus"][0]["seeds"] == [1]  # not overwritten
