@@ -38,7 +38,7 @@ from .metrics.segmentation import ConfusionMatrix
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
 BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
-                                  "region-contrast", "teacher", "student")
+                                  "region-contrast", "teacher", "student", "semantic-teacher", "semantic-student")
 DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
 RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
                                "region-contrast")
@@ -313,19 +313,22 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
     """The kinds to benchmark and the skipped ones (``{name: why}``).
 
     ``teacher`` / ``student`` default to the shipped ``dfsfuse/assets/teacher`` and ``.../student``;
-    a built-in model kind whose default folder does not exist is skipped (not an error). A folder
+    ``semantic-teacher`` / ``semantic-student`` are the shipped segmentation-friendly pair in
+    ``dfsfuse/assets/semantic`` (:data:`dfsfuse.export.SHIPPED_SEMANTIC`); a built-in model kind whose default folder does not exist is skipped (not an error). A folder
     given explicitly (``teacher``, ``student``, ``models``, ``fused``) must exist.
     """
     kinds: List[InputKind] = []
     skipped: Dict[str, str] = {}
     paths = {"teacher": Path(teacher) if teacher else package_asset("teacher"),
-             "student": Path(student) if student else package_asset("student")}
+             "student": Path(student) if student else package_asset("student"),
+             "semantic-teacher": package_asset("semantic") / "teacher",
+             "semantic-student": package_asset("semantic") / "student"}
     for name in builtins:
         if name in RULE_KINDS:
             kinds.append(InputKind(name, rule=name))
         elif name in paths:
             path = paths[name]
-            given = teacher if name == "teacher" else student
+            given = {"teacher": teacher, "student": student}.get(name)
             if not (path / "config.json").is_file():
                 if given:
                     raise FileNotFoundError(f"{path}: no exported {name} model (config.json) here")

@@ -75,3 +75,16 @@ def test_shipped_semantic_student_brightens_warm_objects_and_leaves_the_rest_nea
             offset[label] = (d[hot].mean(), np.abs(d[~hot]).mean())
     assert offset["semantic"][0] > 8 > offset["student"][0]          # grey levels on warm blobs
     assert offset["semantic"][0] > 3 * offset["semantic"][1]          # far more than anywhere else
+
+
+def test_segbench_semantic_kinds_are_the_shipped_semantic_models():
+    from dfsfuse.semantic_bench import resolve_kinds
+
+    kinds, skipped = resolve_kinds(["semantic-teacher", "semantic-student"])
+    assert not skipped and [k.name for k in kinds] == ["semantic-teacher", "semantic-student"]
+    torch.manual_seed(0)
+    ir, vis = torch.rand(1, 1, 32, 48), torch.rand(1, 1, 32, 48)
+    for kind, folder in zip(kinds, (SHIPPED_SEMANTIC / "teacher", SHIPPED_SEMANTIC / "student")):
+        assert str(folder) in kind.source
+        with torch.no_grad():
+            assert torch.equal(kind.model(ir, vis).fused, from_pretrained(folder)(ir, vis).fused)
