@@ -1,8 +1,10 @@
 """Picture grid: IR | VIS | rules | teacher | student on day and night scenes, each followed by a
-zoomed crop of the window where the student's fusion differs most from ``max``.
+zoomed crop of the window where the student's fusion (or ``--focus``'s) differs most from ``max``.
 
     python benchmarks/pictures.py                                   # shipped models, bundled MSRS pairs
     python benchmarks/pictures.py --teacher runs/x/teacher --student runs/x/student --pairs DIR
+    python benchmarks/pictures.py --teacher '' --model semantic=dfsfuse/assets/semantic/student \
+        --rules max,region-contrast --focus semantic --png benchmarks/results/pictures_semantic.png
 
 By default the pairs are the four bundled MSRS test pairs (two day ``D``, two night ``N``; MIT
 licensed, so the picture may be committed) and the models are the shipped ones
@@ -48,9 +50,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dfsfuse.train.evaluate import colour_strip, comparison_image
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", type=Path, default=ASSETS / "teacher", help="exported teacher folder ('' to skip)")
+    # A str, not a Path: Path("") is ".", so "--teacher ''" could not mean "no teacher".
+    p.add_argument("--teacher", default=str(ASSETS / "teacher"), help="exported teacher folder ('' to skip)")
     p.add_argument("--student", type=Path, default=ASSETS / "student", help="exported student folder")
     p.add_argument("--pairs", type=Path, default=None, help="folder of ir/ + vi/ pairs (default: bundled MSRS test)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                   help="also this exported fusion model as column NAME (repeatable)")
+    p.add_argument("--focus", default="student",
+                   help="the column whose differences to max choose the crops (default student)")
     p.add_argument("--rules", default="max,region-max", help="rule columns, comma-separated")
     p.add_argument("--crop", type=float, default=0.25, help="crop size as a fraction of the image side")
     p.add_argument("--width", type=int, default=1536, help="picture width in pixels (rows are scaled to it)")
@@ -65,13 +72,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.width < 64:
         p.error("--width must be at least 64")
     models: Dict[str, torch.nn.Module] = {}
-    for name, folder in (("teacher", args.teacher), ("student", args.student)):
-        if folder and str(folder):
+    for name, folder in (("teacher", Path(args.teacher) if args.teacher else None), ("student", args.student)):
+        if folder is not None:
             if not (folder / "config.json").is_file():
                 p.error(f"{folder}: no exported model (config.json missing)")
             models[name] = from_pretrained(folder).eval()
     if "student" not in models:
-        p.error("--student is required (the crops follow its differences to max)")
+        p.error("--student is required")
+    folders = {n: Path(f) for n, f in (("teacher", args.teacher), ("student", args.student)) if n in models}
+    for item in args.model:
+        name, eq, folder = item.partition("=")
+        if not eq or not name or not folder:
+            p.error(f"--model {item!r}: expected NAME=DIR")
+        if name in models or name in ("ir", "vis", *rules):
+            p.error(f"--model {item!r}: the column name {name!r} is already used")
+        if not (Path(folder) / "config.json").is_file():
+            p.error(f"{folder}: no exported model (config.json missing)")
+        models[name] = from_pretrained(folder).eval()
+        folders[name] = Path(folder)
+    if args.focus not in models:
+        p.error(f"--focus {args.focus!r}: not a model column ({', '.join(models)})")
     pairs = PairedImages(args.pairs) if args.pairs else PairedImages(bundled_msrs_root(), split="test")
     columns = ["ir", "vis", *rules, *models]
     strips: Dict[str, np.ndarray] = {}
@@ -89,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         h, w = ir8.shape
         ch, cw = max(8, int(h * args.crop)), max(8, int(w * args.crop))
         reference = np.maximum(ir8, vis8)
-        y, x = crop_window(np.abs(panels["student"] - reference), ch, cw)
+        y, x = crop_window(np.abs(panels[args.focus] - reference), ch, cw)
         name = sample["name"]
         strips[name] = colour_strip([panels[c] for c in columns], sample["vis_cbcr"])
         crop_cbcr = sample["vis_cbcr"][:, y:y + ch, x:x + cw]
@@ -106,8 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_image(args.png, grid)
     write_json_atomic(args.png.with_suffix(".json"), {
         "pairs": str(pairs.root), "columns": columns,
-        "models": {n: str(f) for n, f in (("teacher", args.teacher), ("student", args.student)) if n in models},
-        "crops": record})
+        "models": {n: str(f) for n, f in folders.items()}, "focus": args.focus, "crops": record})
     print(f"wrote {args.png} and {args.png.with_suffix('.json')}")
     return 0
 

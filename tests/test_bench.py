@@ -259,3 +259,18 @@ def test_pictures_grid_crops_where_the_student_differs_from_max(tmp_path, export
         assert img.size == (600, 600)  # 8 rows (4 pairs + 4 crops) of 6 panels with a 4:3 aspect
     with pytest.raises(SystemExit):
         pictures.main(["--student", str(tmp_path / "missing")])
+    # An extra model column, and the crops following it: the window with the largest difference to max.
+    from dfsfuse.export import SHIPPED_SEMANTIC
+
+    assert pictures.main(["--teacher", "", "--student", str(exported["student"]), "--rules", "max",
+                          "--model", f"sem={SHIPPED_SEMANTIC / 'student'}", "--focus", "sem",
+                          "--width", "500", "--png", str(png)]) == 0
+    doc = json.loads(png.with_suffix(".json").read_text())
+    assert doc["columns"] == ["ir", "vis", "max", "student", "sem"] and doc["focus"] == "sem"
+    assert doc["models"]["sem"] == str(SHIPPED_SEMANTIC / "student")
+    for c in doc["crops"]:  # the semantic student brightens warm objects: its crop is where it differs most
+        assert c["mean_abs_diff_to_max_in_crop"]["sem"] > c["mean_abs_diff_to_max_in_crop"]["student"]
+    for bad in (["--focus", "teacher", "--teacher", ""], ["--model", "max=" + str(exported["student"])],
+                ["--model", "nameonly"]):
+        with pytest.raises(SystemExit):
+            pictures.main(["--student", str(exported["student"]), *bad, "--png", str(tmp_path / "x.png")])
