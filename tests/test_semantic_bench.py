@@ -66,7 +66,8 @@ def _run(tiny: dict, out: Path, *extra: str) -> dict:
 
 def test_end_to_end_schema_every_kind_and_same_seed_same_numbers(tiny, tmp_path):
     first = _run(tiny, tmp_path / "a.json")
-    kinds = ["ir", "vis", "avg", "max", "teacher", "student", "student8", "maxdir"]
+    kinds = ["ir", "vis", "avg", "max", "teacher", "student", "semantic-teacher", "semantic-student", "student8",
+             "maxdir"]
     assert set(first) == {"settings", "miou", "iou", "seeds"}
     assert list(first["miou"]) == kinds and list(first["iou"]) == kinds and first["seeds"] == [0]
     for kind in kinds:
@@ -101,6 +102,33 @@ def test_several_seeds_record_mean_and_per_seed(tiny, tmp_path):
     assert later["seeds"] == [1]
     for kind, miou in later["miou"].items():
         assert miou == out["miou_per_seed"][kind][1]
+
+
+def test_worker_plan_defaults_to_one_thread_per_core_on_cpu_only():
+    from dfsfuse.commands.segbench import worker_plan
+
+    assert worker_plan(None, None, "cpu", cores=2) == (2, 1)
+    assert worker_plan(None, None, "cpu", cores=16) == (4, 4)
+    assert worker_plan(None, 2, "cpu", cores=2) == (1, 2)     # --threads alone: one process, as before
+    assert worker_plan(3, None, "cpu", cores=6) == (3, 2)
+    assert worker_plan(None, None, "cuda", cores=16) == (1, 16)
+    with pytest.raises(ValueError, match="--workers must be at least 1"):
+        worker_plan(0, None, "cpu")
+
+
+def test_worker_processes_give_the_numbers_of_one_process(tiny, tmp_path, capsys):
+    """--workers 2 (one thread each): every (kind, seed) segmenter equals the one-process run with one thread."""
+    one = _run(tiny, tmp_path / "one.json", "--kinds", "ir", "teacher", "--seeds", "2")
+    two = _run(tiny, tmp_path / "two.json", "--kinds", "ir", "teacher", "--seeds", "2", "--workers", "2")
+    assert two["miou_per_seed"] == one["miou_per_seed"] and two["iou_per_seed"] == one["iou_per_seed"]
+    assert two["settings"]["workers"] == 2 and two["settings"]["torch_threads"] == 1
+    assert "workers" not in one["settings"]
+    assert "training 8 segmenters in 2 processes" in capsys.readouterr().out
+    argv = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", "ir", *TINY,
+            "--workers", "0", "--json", str(tmp_path / "w0.json")]
+    assert main(argv) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "w0.json").exists()
 
 
 def test_kinds_without_value_benchmarks_only_the_named_models_and_folders(tiny, tmp_path, capsys):
@@ -203,7 +231,8 @@ def test_quick_mode_scores_one_segmenter_on_every_kind(tiny, tmp_path):
             "--fused", f"maxdir={tiny['fused']}", "--json", str(out_path), "--threads", "1"]
     assert main(argv) == 0
     out = json.loads(out_path.read_text())
-    assert list(out["miou"]) == ["ir", "vis", "avg", "max", "teacher", "student", "maxdir"]
+    assert list(out["miou"]) == ["ir", "vis", "avg", "max", "teacher", "student", "semantic-teacher", "semantic-student",
+                                 "maxdir"]
     assert out["seeds"] == [] and out["settings"]["mode"] == "quick"
     assert all(0.0 <= m <= 1.0 for m in out["miou"].values())
     assert out["miou"]["maxdir"] == out["miou"]["max"]

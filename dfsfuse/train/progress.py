@@ -22,8 +22,10 @@ from rich.progress import (
 class StageProgress:
     """Context manager showing ``name``'s progress; a no-op when ``enabled`` is false."""
 
-    def __init__(self, name: str, total: int, start: int = 0, enabled: bool = True) -> None:
+    def __init__(self, name: str, total: int, start: int = 0, enabled: bool = True, metric: str = "loss",
+                 unit: str = "step") -> None:
         self.name, self.total, self.start, self.enabled = name, total, start, enabled
+        self.metric, self.unit = metric, unit
         self._progress = None
         self._task = None
         self._t0 = 0.0
@@ -35,7 +37,7 @@ class StageProgress:
         if self.enabled and not self._plain:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} step/s"),
+                TextColumn(f"{self.metric} {{task.fields[loss]}}"), TextColumn(f"{{task.fields[rate]}} {self.unit}/s"),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
             )
             self._progress.__enter__()
@@ -45,15 +47,15 @@ class StageProgress:
         return self
 
     def update(self, step: int, loss: float) -> None:
-        """Record that ``step`` finished with ``loss``."""
+        """Record that ``step`` finished with ``loss`` (shown under the ``metric`` label)."""
         elapsed = max(1e-9, time.time() - self._t0)
         rate = (step - self.start) / elapsed
         if self._progress is not None:
             self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
         elif self._plain and (step >= self._next_report or step == self.total):
             eta = (self.total - step) / rate if rate > 0 else float("nan")
-            self._console.print(f"{self.name}: step {step}/{self.total}  loss {loss:.4f}  "
-                                f"{rate:.2f} step/s  elapsed {elapsed:.0f} s  ETA {eta:.0f} s")
+            self._console.print(f"{self.name}: {self.unit} {step}/{self.total}  {self.metric} {loss:.4f}  "
+                                f"{rate:.2f} {self.unit}/s  elapsed {elapsed:.0f} s  ETA {eta:.0f} s")
             self._next_report = step + max(1, self.total // 10)
 
     def __exit__(self, *exc) -> None:
