@@ -39,8 +39,7 @@ Size = Tuple[int, int]
 IGNORE_INDEX = 255
 BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
                                   "region-contrast", "teacher", "student", "semantic-teacher", "semantic-student")
-DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student", "semantic-teacher",
-                                  "semantic-student")
+DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
 RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
                                "region-contrast")
 # MFNet / RTFNet colours of the 9 MSRS classes (RGB).
@@ -659,8 +658,8 @@ def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skippe
 
     ``workers > 1`` trains the (kind, seed) segmenters in that many spawned processes of
     ``worker_threads`` torch threads each (every kind is rendered first, in this process). Each
-    segmenter's numbers equal a one-process run with ``worker_threads`` threads: on a CPU, two
-    one-thread workers train about twice as many segmenters per hour as one two-thread process.
+    segmenter's numbers equal a one-process run with ``worker_threads`` threads: on a 2-core CPU, two
+    one-thread workers train 1.6× as many segmenters per hour as one two-thread process.
     """
     from .losses import class_weights_from_labels
 

@@ -10,6 +10,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from dfsfuse.models import create_model, list_models, model_kind  # noqa: E402
+from dfsfuse.models.blocks import HEADS  # noqa: E402
 from dfsfuse.onnx import OnnxModel, export_onnx, max_onnx_error  # noqa: E402
 
 # Small settings so that every export stays quick; models not listed use their defaults.
@@ -101,6 +102,24 @@ def test_every_registered_model_exports_once_and_runs_at_any_size(name, tmp_path
         assert got.shape == expected.shape and got.shape[-2:] == size, (name, size)
         error = float(np.abs(got - expected).max())
         assert error < TOLERANCE, f"{name} at {size}: max error {error:.2e}"
+
+
+@pytest.mark.parametrize("head", [h for h in HEADS if h != "region"])  # region: every model above
+def test_every_output_head_exports_once_and_runs_at_any_size(head, tmp_path):
+    """The heads' fixed blurs (region prior, warm contrast) stay size-independent in the traced graph."""
+    torch.manual_seed(0)
+    model = create_model("student_fast", head=head).eval()
+    _perturb_head(model)
+    runner = OnnxModel(export_onnx(model, tmp_path / "model.onnx", size=EXPORT_SIZE), providers=["CPUExecutionProvider"])
+    for i, size in enumerate(RUN_SIZES):
+        g = torch.Generator().manual_seed(i)
+        ir, vis = torch.rand(1, 1, *size, generator=g), torch.rand(1, 1, *size, generator=g)
+        with torch.no_grad():
+            expected = model(ir, vis).fused.numpy()
+        got = runner(ir.numpy(), vis.numpy())
+        assert got.shape == expected.shape
+        error = float(np.abs(got - expected).max())
+        assert error < TOLERANCE, f"{head} at {size}: max error {error:.2e}"
 
 
 def test_export_friendly_rewrites_keep_eager_numbers_bit_identical():

@@ -66,8 +66,7 @@ def _run(tiny: dict, out: Path, *extra: str) -> dict:
 
 def test_end_to_end_schema_every_kind_and_same_seed_same_numbers(tiny, tmp_path):
     first = _run(tiny, tmp_path / "a.json")
-    kinds = ["ir", "vis", "avg", "max", "teacher", "student", "semantic-teacher", "semantic-student", "student8",
-             "maxdir"]
+    kinds = ["ir", "vis", "avg", "max", "teacher", "student", "student8", "maxdir"]
     assert set(first) == {"settings", "miou", "iou", "seeds"}
     assert list(first["miou"]) == kinds and list(first["iou"]) == kinds and first["seeds"] == [0]
     for kind in kinds:
@@ -231,8 +230,7 @@ def test_quick_mode_scores_one_segmenter_on_every_kind(tiny, tmp_path):
             "--fused", f"maxdir={tiny['fused']}", "--json", str(out_path), "--threads", "1"]
     assert main(argv) == 0
     out = json.loads(out_path.read_text())
-    assert list(out["miou"]) == ["ir", "vis", "avg", "max", "teacher", "student", "semantic-teacher", "semantic-student",
-                                 "maxdir"]
+    assert list(out["miou"]) == ["ir", "vis", "avg", "max", "teacher", "student", "maxdir"]
     assert out["seeds"] == [] and out["settings"]["mode"] == "quick"
     assert all(0.0 <= m <= 1.0 for m in out["miou"].values())
     assert out["miou"]["maxdir"] == out["miou"]["max"]
