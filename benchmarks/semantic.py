@@ -4,7 +4,7 @@ The same code as ``dfsfuse segbench`` (:mod:`dfsfuse.semantic_bench`), with resu
 ``benchmarks/results/`` by default (``semantic.json`` + ``semantic.png``; ``semantic_full`` with
 ``--full``, ``semantic_quick`` with ``--quick``)::
 
-    OMP_NUM_THREADS=1 python benchmarks/semantic.py --threads 1          # fast CPU setting, ≤ 30 min
+    python benchmarks/semantic.py                                       # fast CPU setting, ~21 min on 2 cores
     python benchmarks/semantic.py --full --seeds 3                         # GPU setting
     python benchmarks/semantic.py --model mine=runs/x/student --fused psfusion=/data/psfusion_msrs
     python benchmarks/semantic.py --quick runs/x/teacher/segmenter          # score one segmenter, no training

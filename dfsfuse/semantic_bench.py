@@ -702,8 +702,8 @@ def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skippe
     else:
         results = _run_in_workers(settings, kinds, train, test, weights, pic, say, progress, workers, worker_threads)
     record = _base_settings(settings, kinds, skipped or {}, "train")
-    if workers > 1:
-        record.update({"workers": workers, "torch_threads": worker_threads})
+    if workers > 1:  # processes actually started (no more than segmenters to train)
+        record.update({"workers": min(workers, len(kinds) * len(settings.seeds)), "torch_threads": worker_threads})
     record.update({"class_weights": list(weights), "train_pairs": len(train), "test_pairs": len(test),
                    "picture_image": test.names[pic], "seconds_per_kind": {r.name: round(r.seconds, 1) for r in results},
                    "wall_time_s": round(time.time() - started, 1)})
