@@ -117,7 +117,7 @@ class SegBenchSettings:
 
 
 def fast_settings(**overrides: Any) -> SegBenchSettings:
-    """The CPU setting (≈ 4–5 min per kind and seed on one core): 240×320 images, 160×224 crops,
+    """The CPU setting (≈ 4–6 min per kind and seed on one core): 240×320 images, 160×224 crops,
     900 steps of batch 8, a MobileNetV3-small FPN segmenter, class-weighted CE. 900, not 300: at 300
     steps a segmenter has learned IR's warm blobs and little else, so no fusion can beat IR alone
     (README, Semantic benchmark)."""
@@ -316,8 +316,8 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
 
     ``teacher`` / ``student`` default to the shipped ``dfsfuse/assets/teacher`` and ``.../student``;
     ``semantic-teacher`` / ``semantic-student`` are the shipped segmentation-friendly pair in
-    ``dfsfuse/assets/semantic`` (:data:`dfsfuse.export.SHIPPED_SEMANTIC`); a built-in model kind whose default folder does not exist is skipped (not an error). A folder
-    given explicitly (``teacher``, ``student``, ``models``, ``fused``) must exist.
+    ``dfsfuse/assets/semantic`` (:data:`dfsfuse.export.SHIPPED_SEMANTIC`). A built-in model kind
+    whose default folder does not exist is skipped (not an error). A folder given explicitly (``teacher``, ``student``, ``models``, ``fused``) must exist.
     """
     kinds: List[InputKind] = []
     skipped: Dict[str, str] = {}
