@@ -317,7 +317,8 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
     ``teacher`` / ``student`` default to the shipped ``dfsfuse/assets/teacher`` and ``.../student``;
     ``semantic-teacher`` / ``semantic-student`` are the shipped segmentation-friendly pair in
     ``dfsfuse/assets/semantic`` (:data:`dfsfuse.export.SHIPPED_SEMANTIC`). A built-in model kind
-    whose default folder does not exist is skipped (not an error). A folder given explicitly (``teacher``, ``student``, ``models``, ``fused``) must exist.
+    whose default folder does not exist is skipped (not an error). A folder given explicitly
+    (``teacher``, ``student``, ``models``, ``fused``) must exist.
     """
     kinds: List[InputKind] = []
     skipped: Dict[str, str] = {}
