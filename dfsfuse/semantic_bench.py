@@ -59,7 +59,7 @@ def default_data_root() -> Path:
 
 
 def package_asset(name: str) -> Path:
-    """A folder under ``dfsfuse/assets`` (may not exist)."""
+    """A folder under ``dfsfuse/assets`` (may not exist); ``name`` may have sub-folders (``semantic/student``)."""
     return Path(__file__).resolve().parent / "assets" / name
 
 
@@ -324,8 +324,8 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
     skipped: Dict[str, str] = {}
     paths = {"teacher": Path(teacher) if teacher else package_asset("teacher"),
              "student": Path(student) if student else package_asset("student"),
-             "semantic-teacher": package_asset("semantic") / "teacher",
-             "semantic-student": package_asset("semantic") / "student"}
+             "semantic-teacher": package_asset("semantic/teacher"),
+             "semantic-student": package_asset("semantic/student")}
     for name in builtins:
         if name in RULE_KINDS:
             kinds.append(InputKind(name, rule=name))
