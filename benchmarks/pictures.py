@@ -47,12 +47,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dfsfuse.data.io import write_image
     from dfsfuse.export import from_pretrained
     from dfsfuse.options import BASELINE_METHODS
+    from dfsfuse.semantic_bench import parse_named
     from dfsfuse.train.evaluate import colour_strip, comparison_image
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # A str, not a Path: Path("") is ".", so "--teacher ''" could not mean "no teacher".
+    # Strs, not Paths: Path("") is ".", so "--teacher ''" could not mean "no teacher".
     p.add_argument("--teacher", default=str(ASSETS / "teacher"), help="exported teacher folder ('' to skip)")
-    p.add_argument("--student", type=Path, default=ASSETS / "student", help="exported student folder")
+    p.add_argument("--student", default=str(ASSETS / "student"), help="exported student folder")
     p.add_argument("--pairs", type=Path, default=None, help="folder of ir/ + vi/ pairs (default: bundled MSRS test)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                    help="also this exported fusion model as column NAME (repeatable)")
@@ -71,25 +72,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--crop must be in (0, 1]")
     if args.width < 64:
         p.error("--width must be at least 64")
-    models: Dict[str, torch.nn.Module] = {}
-    for name, folder in (("teacher", Path(args.teacher) if args.teacher else None), ("student", args.student)):
-        if folder is not None:
-            if not (folder / "config.json").is_file():
-                p.error(f"{folder}: no exported model (config.json missing)")
-            models[name] = from_pretrained(folder).eval()
-    if "student" not in models:
+    folders: Dict[str, Path] = {name: Path(folder) for name, folder in (("teacher", args.teacher),
+                                                                         ("student", args.student)) if folder}
+    if "student" not in folders:
         p.error("--student is required")
-    folders = {n: Path(f) for n, f in (("teacher", args.teacher), ("student", args.student)) if n in models}
-    for item in args.model:
-        name, eq, folder = item.partition("=")
-        if not eq or not name or not folder:
-            p.error(f"--model {item!r}: expected NAME=DIR")
-        if name in models or name in ("ir", "vis", *rules):
-            p.error(f"--model {item!r}: the column name {name!r} is already used")
-        if not (Path(folder) / "config.json").is_file():
+    try:
+        extra = parse_named(args.model, "--model")
+    except ValueError as exc:
+        p.error(str(exc))
+    for name, folder in extra.items():
+        if name in folders or name in ("ir", "vis", *rules):
+            p.error(f"--model {name}={folder}: the column name {name!r} is already used")
+    folders.update(extra)
+    models: Dict[str, torch.nn.Module] = {}
+    for name, folder in folders.items():
+        if not (folder / "config.json").is_file():
             p.error(f"{folder}: no exported model (config.json missing)")
         models[name] = from_pretrained(folder).eval()
-        folders[name] = Path(folder)
     if args.focus not in models:
         p.error(f"--focus {args.focus!r}: not a model column ({', '.join(models)})")
     pairs = PairedImages(args.pairs) if args.pairs else PairedImages(bundled_msrs_root(), split="test")

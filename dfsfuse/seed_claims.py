@@ -150,20 +150,15 @@ def compare_kinds(per_seed: PerSeed, subject: str, others: Sequence[str], teache
     for kind in (subject, *others, *([teacher] if teacher else [])):
         if kind not in per_seed:
             raise ValueError(f"no results for kind {kind!r}; have {', '.join(sorted(per_seed))}")
-    mine = per_seed[subject]
-    versus = []
-    for kind in others:
-        seeds = sorted(set(mine) & set(per_seed[kind]))
+    def common(kind: str) -> Tuple[List[int], List[float], List[float]]:
+        seeds = sorted(set(per_seed[subject]) & set(per_seed[kind]))
         if not seeds:
             raise ValueError(f"{subject} and {kind} share no seed")
-        versus.append(Versus(kind, seeds, [mine[s] for s in seeds], [per_seed[kind][s] for s in seeds]))
-    claims = Claims(subject, versus, ratio_needed=ratio_needed)
+        return seeds, [per_seed[subject][s] for s in seeds], [per_seed[kind][s] for s in seeds]
+
+    claims = Claims(subject, [Versus(kind, *common(kind)) for kind in others], ratio_needed=ratio_needed)
     if teacher:
-        seeds = sorted(set(mine) & set(per_seed[teacher]))
-        if not seeds:
-            raise ValueError(f"{subject} and {teacher} share no seed")
-        ours = np.array([mine[s] for s in seeds])
-        theirs = np.array([per_seed[teacher][s] for s in seeds])
+        _, ours, theirs = (np.array(x) for x in common(teacher))
         claims.teacher = teacher
         claims.teacher_ratio = float(ours.mean() / theirs.mean())
         claims.teacher_min_ratio = float(ours.min() / theirs.max())

@@ -16,6 +16,7 @@ Library behind ``dfsfuse segbench`` and ``benchmarks/semantic.py``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -529,6 +530,13 @@ class KindResult:
     picture_image: Optional[Tensor] = None
     picture_pred: Optional[Tensor] = None
 
+    def add(self, miou: float, iou: List[float], picture_pred: Tensor) -> None:
+        """Record one seed's scores (call in seed order); the first seed's prediction is the picture's."""
+        self.miou.append(miou)
+        self.iou.append(iou)
+        if self.picture_pred is None:
+            self.picture_pred = picture_pred
+
     @property
     def mean_miou(self) -> float:
         """mIoU averaged over seeds."""
@@ -624,8 +632,29 @@ def _base_settings(settings: SegBenchSettings, kinds: Sequence[InputKind], skipp
 Reporter = Callable[[str], None]
 
 
-# Worker processes (``workers > 1``): the rendered splits are handed over once per worker, by the
-# pool initializer, and each task is one (kind, seed) pair. Module-level so spawned processes find them.
+def _render_kind(kind: InputKind, train: LabelledSplit, test: LabelledSplit, settings: SegBenchSettings,
+                 pic: int, say: Reporter) -> Tuple[List[Tensor], List[Tensor], KindResult]:
+    """``kind``'s training and test images, and its (empty) result holding the picture image and the
+    rendering time."""
+    t0 = time.time()
+    say(f"{kind.name}: rendering {len(train)} train + {len(test)} test pairs")
+    train_images, test_images = render(kind, train, settings.eval_batch), render(kind, test, settings.eval_batch)
+    return train_images, test_images, KindResult(kind.name, picture_image=test_images[pic], seconds=time.time() - t0)
+
+
+def _train_and_score(train_images: Sequence[Tensor], test_images: Sequence[Tensor], train_labels: Sequence[Tensor],
+                     test_labels: Sequence[Tensor], settings: SegBenchSettings, seed: int, weights: Sequence[float],
+                     pic: int, on_step: Optional[Callable[[int, float], None]] = None) -> Tuple[float, List[float], Tensor]:
+    """One segmenter from scratch on ``train_images``, scored on ``test_images``:
+    (mIoU, per-class IoU, prediction of the picture image)."""
+    model = train_segmenter(train_images, train_labels, settings, seed, weights, on_step)
+    cm, kept = evaluate_segmenter(model, test_images, test_labels, settings.eval_batch, keep=[pic])
+    return cm.miou(), cm.iou().tolist(), kept[pic]
+
+
+# Worker processes (``workers > 1``): the rendered kinds and the splits are handed over once per
+# worker, by the pool initializer, and each task is one (kind, seed) pair. Module-level so spawned
+# processes find them.
 _WORKER_DATA: Dict[str, Any] = {}
 
 
@@ -635,15 +664,14 @@ def _init_worker(data: Dict[str, Any], threads: int) -> None:
     _WORKER_DATA.update(data)
 
 
-def _train_and_score(kind_index: int, seed: int) -> Tuple[float, List[float], Tensor, float]:
-    """One segmenter from scratch on kind ``kind_index``'s training images, scored on its test images:
-    (mIoU, per-class IoU, prediction of the picture image, seconds)."""
+def _worker_task(kind_index: int, seed: int) -> Tuple[Tuple[float, List[float], Tensor], float]:
+    """:func:`_train_and_score` for one kind and seed in a worker, and its seconds."""
     d = _WORKER_DATA
     t0 = time.time()
     train_images, test_images = d["rendered"][kind_index]
-    model = train_segmenter(train_images, d["train_labels"], d["settings"], seed, d["weights"])
-    cm, kept = evaluate_segmenter(model, test_images, d["test_labels"], d["settings"].eval_batch, keep=[d["pic"]])
-    return cm.miou(), cm.iou().tolist(), kept[d["pic"]], time.time() - t0
+    scores = _train_and_score(train_images, test_images, d["train_labels"], d["test_labels"], d["settings"], seed,
+                              d["weights"], d["pic"])
+    return scores, time.time() - t0
 
 
 def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skipped: Optional[Dict[str, str]] = None,
@@ -681,22 +709,12 @@ def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skippe
     if workers == 1:
         for kind in kinds:
             t0 = time.time()
-            say(f"{kind.name}: rendering {len(train)} train + {len(test)} test pairs")
-            train_images = render(kind, train, settings.eval_batch)
-            test_images = render(kind, test, settings.eval_batch)
-            result = KindResult(kind.name, picture_image=test_images[pic])
+            train_images, test_images, result = _render_kind(kind, train, test, settings, pic, say)
             for seed in settings.seeds:
                 bar = progress(f"{kind.name} seed {seed}", settings.steps) if progress else None
-                if bar is not None:
-                    with bar:
-                        model = train_segmenter(train_images, train.labels, settings, seed, weights, bar.update)
-                else:
-                    model = train_segmenter(train_images, train.labels, settings, seed, weights)
-                cm, kept = evaluate_segmenter(model, test_images, test.labels, settings.eval_batch, keep=[pic])
-                result.miou.append(cm.miou())
-                result.iou.append(cm.iou().tolist())
-                if result.picture_pred is None:
-                    result.picture_pred = kept[pic]
+                with bar if bar is not None else contextlib.nullcontext():
+                    result.add(*_train_and_score(train_images, test_images, train.labels, test.labels, settings,
+                                                 seed, weights, pic, bar.update if bar is not None else None))
                 say(f"{kind.name} seed {seed}: mIoU {result.miou[-1]:.4f}")
             result.seconds = time.time() - t0
             results.append(result)
@@ -721,46 +739,37 @@ def _run_in_workers(settings: SegBenchSettings, kinds: Sequence[InputKind], trai
 
     rendered, results = [], []
     for kind in kinds:
-        t0 = time.time()
-        say(f"{kind.name}: rendering {len(train)} train + {len(test)} test pairs")
-        train_images, test_images = render(kind, train, settings.eval_batch), render(kind, test, settings.eval_batch)
+        train_images, test_images, result = _render_kind(kind, train, test, settings, pic, say)
         rendered.append((train_images, test_images))
-        results.append(KindResult(kind.name, picture_image=test_images[pic], seconds=time.time() - t0))
+        results.append(result)
     tasks = [(k, seed) for k in range(len(kinds)) for seed in settings.seeds]
     data = {"rendered": rendered, "train_labels": train.labels, "test_labels": test.labels, "settings": settings,
             "weights": list(weights), "pic": pic}
-    scores: Dict[Tuple[int, int], Tuple[float, List[float], Tensor, float]] = {}
+    scores: Dict[Tuple[int, int], Tuple[Tuple[float, List[float], Tensor], float]] = {}
     workers = min(workers, len(tasks))
     say(f"training {len(tasks)} segmenters in {workers} processes of {threads} thread(s)")
     bar = progress("segmenters", len(tasks), metric="mIoU", unit="segmenter") if progress else None
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(data, threads)) as pool:
-        futures = {pool.submit(_train_and_score, k, seed): (k, seed) for k, seed in tasks}
-        if bar is not None:
-            bar.__enter__()
-        try:
-            for future in as_completed(futures):
-                k, seed = futures[future]
-                try:
-                    scores[(k, seed)] = future.result()
-                except BaseException:
-                    for other in futures:  # do not start the rest; running ones end with the pool
-                        other.cancel()
-                    raise
-                say(f"{kinds[k].name} seed {seed}: mIoU {scores[(k, seed)][0]:.4f}")
-                if bar is not None:
-                    bar.update(len(scores), scores[(k, seed)][0])
-        finally:
+    with bar if bar is not None else contextlib.nullcontext(), \
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                initargs=(data, threads)) as pool:
+        futures = {pool.submit(_worker_task, k, seed): (k, seed) for k, seed in tasks}
+        for future in as_completed(futures):
+            k, seed = futures[future]
+            try:
+                scores[(k, seed)] = future.result()
+            except BaseException:
+                for other in futures:  # do not start the rest; running ones end with the pool
+                    other.cancel()
+                raise
+            miou = scores[(k, seed)][0][0]
+            say(f"{kinds[k].name} seed {seed}: mIoU {miou:.4f}")
             if bar is not None:
-                bar.__exit__(None, None, None)
+                bar.update(len(scores), miou)
     for k, result in enumerate(results):  # seeds in order, as the one-process path records them
         for seed in settings.seeds:
-            miou, iou, pred, seconds = scores[(k, seed)]
-            result.miou.append(miou)
-            result.iou.append(iou)
+            seed_scores, seconds = scores[(k, seed)]
+            result.add(*seed_scores)
             result.seconds += seconds
-            if result.picture_pred is None:
-                result.picture_pred = pred
     return results
 
 
