@@ -6,13 +6,16 @@ directly on labelled pairs (default ``../shared/data/msrs/val``, never trained o
 fusion — exported fusion models (``--model NAME=DIR``, e.g. the shipped teacher and student) and
 rules (``--rules``, any ``dfsfuse baseline`` method) — the mean of ``F − region-max`` (grey levels,
 fusions rounded to 8 bits as saved, ``region-max`` unrounded) over the pixels of each class, and
-the PSNR of ``F`` to ``region-max``::
+the PSNR of ``F`` to ``region-max``, and (``--vif``) each fusion's VIF, what the contrast costs.
+``--without-residual NAME`` adds ``NAME-r0``: that ``region-contrast`` model with its free residual
+``r`` set to zero (its head's ``r`` weights zeroed), to see which head term adds what::
 
     python benchmarks/class_contrast.py --rules region-contrast ir-contrast \\
         --model student=dfsfuse/assets/student --model semantic=runs/msrs_semantic_cpu/student
 
 Writes ``benchmarks/results/class_contrast.json`` (``--json``): ``{"settings", "offset": {fusion:
-{class: grey levels}}, "psnr_to_region_max": {fusion: dB}}`` and prints a table.
+{class: grey levels}}, "psnr_to_region_max": {fusion: dB}, "vif": {fusion: mean}}`` (``vif`` with
+``--vif``) and prints a table.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dfsfuse.baselines import baseline_fusion, region_max_fusion  # noqa: E402
 from dfsfuse.data import CLASS_NAMES, PairedImages  # noqa: E402
 from dfsfuse.data.errors import DatasetError  # noqa: E402
 from dfsfuse.data.shared import shared_data_root  # noqa: E402
+from dfsfuse.metrics import fusion_metrics  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -62,12 +66,32 @@ class OffsetAccumulator:
         return {name: (float(s / c) if c else None) for name, s, c in zip(CLASS_NAMES, self.sums, self.counts)}
 
 
+def without_residual(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (a ``region-contrast`` fusion network) with the head's free residual ``r`` (its
+    second map) always zero: the output conv's ``r`` weights and bias zeroed, in place."""
+    kind = getattr(model, "head_kind", None) or getattr(getattr(model, "head", None), "kind", None)
+    if kind != "region-contrast":
+        raise ValueError(f"--without-residual: a region-contrast model is needed, this one has head {kind!r}")
+    conv = model.head.conv if hasattr(model.head, "conv") else model.head
+    maps = 3
+    if conv.out_channels % maps:
+        raise ValueError(f"--without-residual: head conv has {conv.out_channels} channels, not a multiple of 3")
+    cells = conv.out_channels // maps  # a pixel-shuffle head predicts every map once per sub-pixel cell
+    with torch.no_grad():
+        conv.weight[cells:2 * cells].zero_()
+        conv.bias[cells:2 * cells].zero_()
+    return model
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse options, score every fusion, print the table, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="labelled folder (ir/, vi/, Segmentation_labels/); default msrs/val")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="exported fusion model (repeatable)")
     p.add_argument("--rules", nargs="*", default=["region-contrast"], help="baseline rules (default region-contrast)")
+    p.add_argument("--without-residual", action="append", default=[], metavar="NAME",
+                   help="also the --model NAME (region-contrast head) with its residual r zeroed, as NAME-r0")
+    p.add_argument("--vif", action="store_true", help="also each fusion's mean VIF (slower)")
     p.add_argument("--max-images", type=int, default=0, help="first N pairs only (0 = all)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--json", type=Path, default=RESULTS / "class_contrast.json")
@@ -83,6 +107,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise DatasetError(f"{data}: no Segmentation_labels/ folder")
         model_dirs = parse_named(args.model, "--model")
         models = {name: load_fusion_model(path).eval() for name, path in model_dirs.items()}
+        for name in args.without_residual:
+            if name not in model_dirs:
+                raise ValueError(f"--without-residual {name}: no --model of that name")
+            models[f"{name}-r0"] = without_residual(load_fusion_model(model_dirs[name]).eval())
         for rule in args.rules:
             baseline_fusion(np.zeros((2, 2)), np.zeros((2, 2)), rule)  # unknown rule: ValueError now, not later
     except (DatasetError, FileNotFoundError, ValueError) as exc:
@@ -90,18 +118,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     started = time.time()
     acc = {name: OffsetAccumulator() for name in [*args.rules, *models]}
+    vifs: Dict[str, List[float]] = {name: [] for name in acc}
     count = len(pairs) if args.max_images <= 0 else min(args.max_images, len(pairs))
     for i in range(count):
         sample = pairs[i]
         ir, vis = sample["ir"][0].numpy() * 255.0, sample["vis_y"][0].numpy() * 255.0
         label = sample["label"].numpy().astype(np.int64)
         reference = region_max_fusion(ir, vis)
-        for rule in args.rules:
-            acc[rule].add(baseline_fusion(ir, vis, rule), reference, label)
+        fusions = {rule: baseline_fusion(ir, vis, rule) for rule in args.rules}
         with torch.inference_mode():
             for name, model in models.items():
                 fused = model(sample["ir"][None], sample["vis_y"][None]).fused[0, 0].clamp(0, 1).numpy()
-                acc[name].add(np.round(fused * 255.0), reference, label)
+                fusions[name] = np.round(fused * 255.0)
+        for name, fused in fusions.items():
+            acc[name].add(fused, reference, label)
+            if args.vif:
+                vifs[name].append(float(fusion_metrics(fused, ir, vis, metrics=("VIF",))["VIF"]))
     record = {
         "settings": {"data": str(data), "pairs": count, "models": {n: str(p) for n, p in model_dirs.items()},
                      "rules": list(args.rules), "reference": "region-max (unrounded)", "units": "grey levels (0-255)",
@@ -110,16 +142,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "offset": {name: a.offsets() for name, a in acc.items()},
         "psnr_to_region_max": {name: float(np.mean(a.psnr)) for name, a in acc.items()},
     }
+    if args.vif:
+        record["vif"] = {name: float(np.mean(v)) for name, v in vifs.items()}
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"mean F − region-max per class (grey levels), {count} pairs of {data}")
     table.add_column("fusion")
     table.add_column("PSNR to region-max", justify="right")
+    if args.vif:
+        table.add_column("VIF", justify="right")
     for c in CLASS_NAMES:
         table.add_column(c, justify="right")
     for name, offsets in record["offset"].items():
         table.add_row(name, f"{record['psnr_to_region_max'][name]:.1f}",
+                      *([f"{record['vif'][name]:.3f}"] if args.vif else []),
                       *("-" if offsets[c] is None else f"{offsets[c]:+.2f}" for c in CLASS_NAMES))
     Console().print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)

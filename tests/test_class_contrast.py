@@ -77,3 +77,54 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
     assert err.startswith("class_contrast.py: error:") and "nope" in err and "\n" not in err
     assert script.main(["--data", str(tmp_path / "missing"), "--json", str(out)]) == 2
     assert not out.exists()
+
+
+def test_without_residual_zeroes_exactly_the_r_map_of_a_region_contrast_head(tmp_path):
+    """The variant equals the head rule applied to the model's own maps with r replaced by 0."""
+    from dfsfuse.models.blocks import fused_from_head
+
+    torch.manual_seed(1)
+    for name, kwargs in (("student_fast", {"width": 4}), ("teacher", {"dim": 8})):
+        model = create_model(name, head="region-contrast", **kwargs).eval()
+        conv = model.head if name == "student_fast" else model.head.conv
+        with torch.no_grad():   # a trained-looking head: every map non-zero
+            conv.weight.normal_(0, 0.05)
+            conv.bias.normal_(0, 0.1)
+        ir, vis = torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 40)
+        captured = {}
+        hook = conv.register_forward_hook(lambda m, i, o: captured.__setitem__("raw", o))
+        with torch.no_grad():
+            full = model(ir, vis).fused
+        hook.remove()
+        raw = captured["raw"]
+        if name == "student_fast":
+            raw = torch.nn.functional.interpolate(raw, scale_factor=model.scale, mode="bilinear", align_corners=False)
+        raw = raw[..., :32, :40].clone()
+        assert raw[:, 1].abs().max() > 0.01
+        raw[:, 1] = 0
+        with torch.no_grad():
+            cut = script.without_residual(model)(ir, vis).fused
+        torch.testing.assert_close(cut, fused_from_head(raw, ir, vis, "region-contrast"))
+        assert (cut - full).abs().max() > 1e-3
+    try:
+        script.without_residual(create_model("student_fast", width=4))
+    except ValueError as exc:
+        assert "region-contrast" in str(exc)
+    else:
+        raise AssertionError("a region head has no residual map to remove")
+
+
+def test_vif_column_is_the_metric_of_each_fusion(tmp_path):
+    from dfsfuse.metrics import fusion_metrics
+
+    data = _folder(tmp_path / "val", h=48, w=56)
+    out = tmp_path / "cc.json"
+    assert script.main(["--data", str(data), "--rules", "max", "avg", "--vif", "--threads", "1", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    for rule in ("max", "avg"):
+        values = []
+        for i in range(2):
+            ir = np.asarray(Image.open(data / "ir" / f"p{i}.png"), np.float64)
+            y = np.asarray(Image.open(data / "vi" / f"p{i}.png"), np.float64)
+            values.append(float(fusion_metrics(baseline_fusion(ir, y, rule), ir, y, metrics=("VIF",))["VIF"]))
+        assert abs(rec["vif"][rule] - np.mean(values)) < 1e-6

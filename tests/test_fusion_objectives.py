@@ -14,7 +14,7 @@ from dfsfuse.losses.fusion import contrast_target, signed_gradient_loss, sobel_g
 from dfsfuse.losses.quality import qabf_loss, vif_loss
 from dfsfuse.metrics import fusion_metrics_batch
 from dfsfuse.models import create_model
-from dfsfuse.models.blocks import FusionHead
+from dfsfuse.models.blocks import HEADS, FusionHead
 from dfsfuse.train.config import ConfigError, load_config
 
 
@@ -276,6 +276,34 @@ def test_region_contrast_head_starts_at_its_rule_and_learns_the_gain_of_warm_con
     np.testing.assert_allclose(out, region_max_fusion(a, b), atol=1e-3)
 
 
+def test_region_gain_head_is_region_contrast_without_the_free_residual():
+    """``region-gain``: two maps (z, g). Zero maps give the ``region-contrast`` rule; the second map is
+    the warm-contrast gain (g = −2: region-max), so no map can change a pixel where IR is not warmer
+    than its surroundings and the selection prior is saturated."""
+    import numpy as np
+
+    from dfsfuse.baselines import REGION_CONTRAST_GAIN, baseline_fusion, region_max_fusion, warm_contrast_map
+
+    ir = torch.full((1, 1, 64, 64), 0.3)
+    ir[..., 28:36, 28:36] = 0.5
+    vis = torch.full((1, 1, 64, 64), 0.6)
+    head = FusionHead(4, "region-gain")
+    assert head.conv.out_channels == 2
+    feats = torch.zeros(1, 4, 64, 64)
+    a, b = ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255
+    out = head(feats, ir, vis)
+    rule = baseline_fusion(a, b, "region-contrast").astype(np.float64)
+    assert np.abs(out[0, 0].detach().double().numpy() * 255 - rule).max() <= 0.5 + 1e-3
+    (-out[..., 28:36, 28:36].mean()).backward()
+    assert -head.conv.bias.grad[1].item() == pytest.approx(warm_contrast_map(a / 255)[28:36, 28:36].mean(), rel=1e-4)
+    with torch.no_grad():
+        head.conv.bias.copy_(torch.tensor([0.0, -REGION_CONTRAST_GAIN]))
+        np.testing.assert_allclose(head(feats, ir, vis)[0, 0].double().numpy() * 255, region_max_fusion(a, b), atol=1e-3)
+        head.conv.bias.copy_(torch.tensor([0.0, 5.0]))   # a large gain moves only the warm target
+        moved = (head(feats, ir, vis) - FusionHead(4, "region-gain")(feats, ir, vis)).abs()[0, 0]
+    assert moved[30:34, 30:34].min() > 0.05 and moved[:8, :8].max() == 0.0
+
+
 def test_region_contrast_rule_equals_region_max_on_flat_ir():
     import numpy as np
 
@@ -291,7 +319,7 @@ def test_heads_are_a_kwarg_of_the_fusion_models(name):
     kwargs = {"dim": 8} if name == "teacher" else {"width": 4}
     ir, vis = _scene(7, 33)
     assert create_model(name, **kwargs).arch_kwargs["head"] == "region"  # the default
-    for head in ("region", "blend", "residual", "region-add", "region-contrast"):
+    for head in HEADS:
         model = create_model(name, head=head, **kwargs)
         assert model.arch_kwargs["head"] == head
         assert model(ir, vis).fused.shape == ir.shape

@@ -50,13 +50,13 @@ def fused_from_residual(residual: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
     return (torch.maximum(ir, vis_y) + residual).clamp(0.0, 1.0)
 
 
-HEADS: tuple[str, ...] = ("region", "blend", "residual", "region-add", "region-contrast")
+HEADS: tuple[str, ...] = ("region", "blend", "residual", "region-add", "region-contrast", "region-gain")
 """Output heads every fusion network accepts (``head=`` kwarg); see :class:`FusionHead`."""
 
 
 def head_channels(kind: str) -> int:
     """How many maps a head of ``kind`` predicts: 1 for ``residual`` (r), 3 for ``region-contrast``
-    (z, r, g), 2 for the others (z, r)."""
+    (z, r, g), 2 for ``region-gain`` (z, g) and for the others (z, r)."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
     return {"residual": 1, "region-contrast": 3}.get(kind, 2)
@@ -119,6 +119,10 @@ def fused_from_head(raw: Tensor, ir: Tensor, vis_y: Tensor, kind: str, sharpness
     if kind == "residual":
         return fused_from_residual(raw, ir, vis_y)
     z, residual = raw[:, :1], raw[:, 1:2]
+    if kind == "region-gain":  # the second map is the gain, there is no free residual
+        w = torch.sigmoid(z + region_logits(ir, vis_y))
+        gain = residual + REGION_CONTRAST_GAIN
+        return (vis_y + w * (ir - vis_y) + gain * warm_contrast(ir)).clamp(0.0, 1.0)
     if kind == "region-contrast":
         w = torch.sigmoid(z + region_logits(ir, vis_y))
         gain = raw[:, 2:3] + REGION_CONTRAST_GAIN
