@@ -8,7 +8,8 @@ rules (``--rules``, any ``dfsfuse baseline`` method) — the mean of ``F − reg
 fusions rounded to 8 bits as saved, ``region-max`` unrounded) over the pixels of each class, and
 the PSNR of ``F`` to ``region-max``, and (``--vif``) each fusion's VIF, what the contrast costs.
 ``--without-residual NAME`` adds ``NAME-r0``: that ``region-contrast`` model with its free residual
-``r`` set to zero (its head's ``r`` weights zeroed), to see which head term adds what::
+``r`` dropped (``dfsfuse.models.convert.convert_head(model, "region-gain")``), to see which head
+term adds what::
 
     python benchmarks/class_contrast.py --rules region-contrast ir-contrast \\
         --model student=dfsfuse/assets/student --model semantic=runs/msrs_semantic_cpu/student
@@ -66,23 +67,6 @@ class OffsetAccumulator:
         return {name: (float(s / c) if c else None) for name, s, c in zip(CLASS_NAMES, self.sums, self.counts)}
 
 
-def without_residual(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` (a ``region-contrast`` fusion network) with the head's free residual ``r`` (its
-    second map) always zero: the output conv's ``r`` weights and bias zeroed, in place."""
-    kind = getattr(model, "head_kind", None) or getattr(getattr(model, "head", None), "kind", None)
-    if kind != "region-contrast":
-        raise ValueError(f"--without-residual: a region-contrast model is needed, this one has head {kind!r}")
-    conv = model.head.conv if hasattr(model.head, "conv") else model.head
-    maps = 3
-    if conv.out_channels % maps:
-        raise ValueError(f"--without-residual: head conv has {conv.out_channels} channels, not a multiple of 3")
-    cells = conv.out_channels // maps  # a pixel-shuffle head predicts every map once per sub-pixel cell
-    with torch.no_grad():
-        conv.weight[cells:2 * cells].zero_()
-        conv.bias[cells:2 * cells].zero_()
-    return model
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse options, score every fusion, print the table, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -99,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        from dfsfuse.models.convert import convert_head
         from dfsfuse.semantic_bench import load_fusion_model, parse_named
 
         data = args.data or shared_data_root() / "msrs" / "val"
@@ -110,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in args.without_residual:
             if name not in model_dirs:
                 raise ValueError(f"--without-residual {name}: no --model of that name")
-            models[f"{name}-r0"] = without_residual(load_fusion_model(model_dirs[name]).eval())
+            models[f"{name}-r0"] = convert_head(models[name], "region-gain")
         for rule in args.rules:
             baseline_fusion(np.zeros((2, 2)), np.zeros((2, 2)), rule)  # unknown rule: ValueError now, not later
     except (DatasetError, FileNotFoundError, ValueError) as exc:

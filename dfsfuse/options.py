@@ -8,7 +8,7 @@ those choices here, and the heavy module imports them from here (one source of t
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 BENCH_MODES: Tuple[str, ...] = ("eager", "channels_last", "compile", "bf16", "fp16", "onnxruntime")
 """Every mode :func:`dfsfuse.bench.run_benchmark` knows: fp32 eager, channels-last memory format,
@@ -25,3 +25,7 @@ BASELINE_METHODS: Tuple[str, ...] = ("avg", "max", "ir", "vis", "max-gain", "poi
 STRETCH_MODES: Tuple[str, ...] = ("none", "minmax")
 """Scoring conventions for fused images (:func:`dfsfuse.metrics.stretch.apply_stretch`): as saved, or
 min–max stretched per image as many papers' test scripts do."""
+
+HEAD_CONVERSIONS: Dict[Tuple[str, str], Tuple[int, ...]] = {("region-contrast", "region-gain"): (0, 2)}
+"""Output-head conversions :func:`dfsfuse.models.convert.convert_head` supports: (trained head, new
+head) → the trained head's maps kept, in the new head's order (``region-contrast`` maps z, r, g)."""

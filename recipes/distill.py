@@ -29,6 +29,7 @@ from dfsfuse.atomic import write_text_atomic
 from dfsfuse.card import render_card
 from dfsfuse.data.io import write_image
 from dfsfuse.export import CONFIG_NAME, save_pretrained
+from dfsfuse.models.convert import convert_head
 from dfsfuse.run_layout import SAMPLE_NAME, RunLayout
 from dfsfuse.train.config import ConfigError, load_config
 from dfsfuse.train.evaluate import (
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> dict:
     # Stage 2: distil the student from the frozen teacher.
     result = distill_student(accelerator, cfg, teacher, segmenter, student, run_dir, resume=args.resume)
     student = accelerator.unwrap_model(student).eval()
+    if cfg.model.student_export_head:  # e.g. region-contrast → region-gain: drop the residual r
+        student = convert_head(student, cfg.model.student_export_head).to(device)
+        console.print(f"student: evaluated and exported with the {cfg.model.student_export_head} head")
 
     report = {}
     if accelerator.is_main_process:

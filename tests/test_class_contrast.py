@@ -79,39 +79,36 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_without_residual_zeroes_exactly_the_r_map_of_a_region_contrast_head(tmp_path):
-    """The variant equals the head rule applied to the model's own maps with r replaced by 0."""
-    from dfsfuse.models.blocks import fused_from_head
+def test_without_residual_adds_the_model_with_r_dropped(tmp_path):
+    from dfsfuse.models.convert import convert_head
 
-    torch.manual_seed(1)
-    for name, kwargs in (("student_fast", {"width": 4}), ("teacher", {"dim": 8})):
-        model = create_model(name, head="region-contrast", **kwargs).eval()
-        conv = model.head if name == "student_fast" else model.head.conv
-        with torch.no_grad():   # a trained-looking head: every map non-zero
-            conv.weight.normal_(0, 0.05)
-            conv.bias.normal_(0, 0.1)
-        ir, vis = torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 40)
-        captured = {}
-        hook = conv.register_forward_hook(lambda m, i, o: captured.__setitem__("raw", o))
+    data = _folder(tmp_path / "val", h=48, w=56)
+    torch.manual_seed(2)
+    model = create_model("student_fast", width=4, head="region-contrast")
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        model.head.bias.normal_(0, 0.1)
+    save_pretrained(model, tmp_path / "s")
+    out = tmp_path / "cc.json"
+    assert script.main(["--data", str(data), "--rules", "--model", f"s={tmp_path / 's'}", "--without-residual", "s",
+                        "--vif", "--threads", "1", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert set(rec["offset"]) == {"s", "s-r0"} and rec["vif"]["s"] != rec["vif"]["s-r0"]
+    converted = convert_head(model.eval(), "region-gain")
+    sums, counts = np.zeros(3), np.zeros(3)
+    for i in range(2):
+        ir = np.asarray(Image.open(data / "ir" / f"p{i}.png"), np.float64)
+        y = np.asarray(Image.open(data / "vi" / f"p{i}.png"), np.float64)
         with torch.no_grad():
-            full = model(ir, vis).fused
-        hook.remove()
-        raw = captured["raw"]
-        if name == "student_fast":
-            raw = torch.nn.functional.interpolate(raw, scale_factor=model.scale, mode="bilinear", align_corners=False)
-        raw = raw[..., :32, :40].clone()
-        assert raw[:, 1].abs().max() > 0.01
-        raw[:, 1] = 0
-        with torch.no_grad():
-            cut = script.without_residual(model)(ir, vis).fused
-        torch.testing.assert_close(cut, fused_from_head(raw, ir, vis, "region-contrast"))
-        assert (cut - full).abs().max() > 1e-3
-    try:
-        script.without_residual(create_model("student_fast", width=4))
-    except ValueError as exc:
-        assert "region-contrast" in str(exc)
-    else:
-        raise AssertionError("a region head has no residual map to remove")
+            fused = converted(*(torch.from_numpy(x / 255).float()[None, None] for x in (ir, y))).fused[0, 0].numpy()
+        d = np.round(fused.astype(np.float64) * 255) - region_max_fusion(ir, y)
+        lab = np.asarray(Image.open(data / "Segmentation_labels" / f"p{i}.png"))
+        for c in range(3):
+            sums[c] += d[lab == c].sum()
+            counts[c] += (lab == c).sum()
+    for c in range(3):
+        assert abs(rec["offset"]["s-r0"][CLASS_NAMES[c]] - sums[c] / counts[c]) < 1e-3
+    assert script.main(["--data", str(data), "--rules", "--without-residual", "s", "--json", str(out)]) == 2
 
 
 def test_vif_column_is_the_metric_of_each_fusion(tmp_path):

@@ -192,6 +192,31 @@ def test_teacher_without_segmenter_needs_the_semantic_losses_off(tiny_run, tmp_p
     assert (tmp_path / "ok" / "student" / "model.safetensors").is_file()
 
 
+def test_student_export_head_converts_the_trained_student_before_evaluation_and_export(tiny_run, tmp_path, capsys):
+    """``model.student_export_head=region-gain``: the student trains with ``region-contrast`` (its
+    checkpoints keep r) and is evaluated and exported as ``convert_head`` of the last checkpoint; a
+    student whose head cannot convert is refused before anything trains."""
+    from dfsfuse.models.convert import convert_head
+
+    args = [*TINY, "student.steps=2", "eval.synthetic=0", "--teacher", str(tiny_run / "teacher"),
+            "model.student=student_fast", "model.student_kwargs={width: 4, head: region-contrast}"]
+    out = tmp_path / "gain"
+    assert _recipe().main([*args, "model.student_export_head=region-gain", "--output", str(out)]) == 0
+    exported = dfsfuse.from_pretrained(out / "student")
+    assert exported.arch_kwargs["head"] == "region-gain"
+    ckpt = load_file(str(checkpoint_dirs(out / "checkpoints" / "student")[-1] / "model.safetensors"))
+    trained = dfsfuse.models.create_model("student_fast", width=4, head="region-contrast")
+    trained.load_state_dict({k[len("student."):]: v for k, v in ckpt.items() if k.startswith("student.")})
+    ir, vis = torch.rand(1, 1, 37, 45), torch.rand(1, 1, 37, 45)
+    with torch.no_grad():
+        assert torch.equal(exported(ir, vis).fused, convert_head(trained.eval(), "region-gain")(ir, vis).fused)
+    assert "region-gain" in (out / "student" / "config.json").read_text()
+    assert _recipe().main([*TINY, "model.student_export_head=region-gain", "--output", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "student_export_head" in err and "'region'" in err
+    assert not (tmp_path / "bad" / "student").exists()
+
+
 def test_resume_after_sigterm_equals_uninterrupted_run(tiny_run, tmp_path):
     """Kill the student stage with SIGTERM mid-run, resume, and get the uninterrupted student exactly."""
     args = [*TINY, "student.steps=6", "train.checkpoint_every=100", "--teacher", str(tiny_run / "teacher")]

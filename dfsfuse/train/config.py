@@ -19,7 +19,7 @@ from typing import (
 
 import yaml
 
-from ..options import BASELINE_METHODS
+from ..options import BASELINE_METHODS, HEAD_CONVERSIONS
 
 
 STAGE1_MODES = ("fusion_seg", "ssvif")
@@ -81,6 +81,10 @@ class ModelConfig:
     student_kwargs: Dict[str, Any] = field(default_factory=dict)
     segmenter: str = "segmenter"
     segmenter_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # After stage 2, evaluate and export the student with this output head instead
+    # (dfsfuse.models.convert.convert_head): "region-gain" drops a "region-contrast" student's
+    # free residual, which carries its VIF cost. None: export the head it was trained with.
+    student_export_head: Optional[str] = None
 
 
 @dataclass
@@ -182,6 +186,13 @@ class RunConfig:
             raise ConfigError(f"segmenter.input must be one of {', '.join(BASELINE_METHODS)}, got {self.segmenter.input!r}")
         if len(self.segmenter.crop) != 2 or min(self.segmenter.crop) < 1:
             raise ConfigError(f"segmenter.crop must be [height, width] with positive values, got {self.segmenter.crop}")
+        export_head = self.model.student_export_head
+        if export_head is not None:
+            trained = self.model.student_kwargs.get("head", "region")
+            if (trained, export_head) not in HEAD_CONVERSIONS:
+                raise ConfigError(f"model.student_export_head={export_head!r}: a student trained with head {trained!r} "
+                                  f"cannot be exported with it; supported: "
+                                  f"{', '.join(f'{a} -> {b}' for a, b in HEAD_CONVERSIONS)}")
         mode, weight = self.train.stage1, self.loss.consistency
         if mode is None:
             return
