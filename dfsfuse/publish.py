@@ -6,10 +6,11 @@ run's held-out metrics, a sample fusion and optionally ONNX (``dfsfuse export``)
 
 from __future__ import annotations
 
+
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -327,7 +328,8 @@ def _sections(source: StudentSource, onnx_error: Optional[float]) -> Dict[str, s
 
 def export_student(source: PathLike, out_dir: PathLike, *, onnx: bool = False, latency_runs: int = 0,
                    device: Union[str, torch.device] = "cpu", name: Optional[str] = None,
-                   repo_id: Optional[str] = None, overwrite: bool = False) -> ExportResult:
+                   repo_id: Optional[str] = None, overwrite: bool = False,
+                   head: Optional[str] = None) -> ExportResult:
     """Write a hub-ready folder for the student of ``source`` (see :func:`load_student_source`).
 
     The folder holds ``model.safetensors``, ``config.json``, a ``README.md`` card (front matter,
@@ -335,6 +337,9 @@ def export_student(source: PathLike, out_dir: PathLike, *, onnx: bool = False, l
     and latency), ``sample.png`` (a held-out pair fused by these weights), the run's
     ``comparison.png`` when it shows these weights, and ``model.onnx`` with ``onnx=True``.
     ``latency_runs`` > 0 measures latency now on ``device``; 0 reuses the run's measurement.
+    ``head`` exports the student with another output head (:func:`dfsfuse.models.convert.convert_head`,
+    e.g. ``region-gain`` drops a ``region-contrast`` student's residual); the run's held-out
+    metrics and comparison then describe other weights and are left out of the card.
     """
     from .card import render_card
 
@@ -347,6 +352,15 @@ def export_student(source: PathLike, out_dir: PathLike, *, onnx: bool = False, l
     model = src.model.eval()
     if getattr(model, "kind", "") != "fusion":
         raise ModelLoadError(f"{source_path}: {model.arch_name!r} is not a fusion model; only students are published")
+    if head is not None:
+        from .models.convert import convert_head
+
+        try:
+            model = convert_head(model, head)
+        except ValueError as exc:
+            raise ValueError(f"{source_path}: {exc}") from None
+        src = replace(src, model=model, label=f"{src.label}, converted to the {head} head", final=False,
+                                  metrics={}, comparison=None)
     summary = _summary(src, latency_runs, device)
     model.cpu()
     work = Path(tempfile.mkdtemp(prefix=".dfsfuse-export."))

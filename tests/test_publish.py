@@ -445,6 +445,33 @@ def test_export_checkpoint_rebuilds_student_and_drops_adapters(tmp_path):
     assert not (run / "PWNED").exists()
 
 
+def test_export_head_converts_the_student_and_leaves_the_runs_metrics_out(tmp_path, capsys):
+    """``--head region-gain`` on a ``region-contrast`` model: the exported folder is convert_head of
+    it (same fusion as the model with r = 0), the card does not borrow metrics; a student whose head
+    cannot convert is a one-line error and nothing is written."""
+    from dfsfuse.models.convert import convert_head
+
+    torch.manual_seed(3)
+    model = create_model("student_fast", width=4, head="region-contrast")
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        model.head.bias.normal_(0, 0.1)
+    save_pretrained(model, tmp_path / "trained", role="student")
+    out = tmp_path / "export"
+    assert cli.main(["export", str(tmp_path / "trained"), "--out", str(out), "--head", "region-gain"]) == 0
+    exported = from_pretrained(out)
+    assert json.loads((out / "config.json").read_text())["kwargs"]["head"] == "region-gain"
+    ir, vis = torch.rand(1, 1, 40, 52), torch.rand(1, 1, 40, 52)
+    with torch.no_grad():
+        assert torch.equal(exported(ir, vis).fused, convert_head(model.eval(), "region-gain")(ir, vis).fused)
+    run = make_run(tmp_path / "run")   # a region-head run: its student has no r to drop
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "bad"), "--head", "region-gain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "region-contrast -> region-gain" in err and str(run) in err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("case", ["out_exists", "out_is_run", "teacher_checkpoint", "not_a_run"])
 def test_export_refusals_exit_2(tmp_path, case, capsys):
     run = make_run(tmp_path / "run")

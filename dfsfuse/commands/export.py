@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..options import HEAD_CONVERSIONS
+
 
 def run(args: argparse.Namespace) -> int:
     """Export the student, list what was written, and push it when asked."""
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     device = resolve_device(args.device) if args.latency_runs > 0 else "cpu"
     result = export_student(args.source, args.out, onnx=args.onnx, latency_runs=args.latency_runs, device=device,
-                            name=args.name, repo_id=args.push, overwrite=args.overwrite)
+                            name=args.name, repo_id=args.push, overwrite=args.overwrite, head=args.head)
     console.print(f"exported {result.label} → {result.folder}", soft_wrap=True, markup=False)
     for name in result.files:
         size = (result.folder / name).stat().st_size
@@ -62,4 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="device for --latency-runs (default: cuda if available, else cpu)")
     parser.add_argument("--name", default=None, help="title of the model card (default: dfsfuse <architecture>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing exported model folder at --out")
+    parser.add_argument("--head", default=None, choices=sorted({b for _, b in HEAD_CONVERSIONS}),
+                        help="export with this output head instead of the trained one: region-gain drops a "
+                             "region-contrast student's free residual r (the run's metrics then stay out of the card)")
     parser.set_defaults(func=run)
