@@ -43,7 +43,8 @@ from dfsfuse.train.data import build_eval_sets
 from dfsfuse.train.loop import NonFiniteLossError, TrainingInterrupted
 from dfsfuse.train.segmenter_stage import pretrain_segmenter
 from dfsfuse.train.stages import (
-    RunDirExistsError, build_models, distill_student, load_teacher, make_accelerator, prepare_run_dir, train_teacher,
+    RunDirExistsError, apply_cpu_threads, build_models, distill_student, load_teacher, make_accelerator, prepare_run_dir,
+    train_teacher,
 )
 
 TABLE_METRICS = ("EN", "SD", "SF", "AG", "MI", "VIF", "Qabf", "SSIM")
@@ -70,9 +71,10 @@ def run(args: argparse.Namespace) -> dict:
     layout = RunLayout(run_dir)
     accelerator = make_accelerator(cfg, run_dir)
     device = accelerator.device
+    threads = apply_cpu_threads(cfg, accelerator)
     console = Console(quiet=not accelerator.is_main_process, width=max(Console().width, 130))
-    console.print(f"[bold]dfsfuse distill[/] → {run_dir}  ({accelerator.num_processes} process(es) on {device}, "
-                  f"mixed precision {accelerator.mixed_precision})")
+    console.print(f"[bold]dfsfuse distill[/] → {run_dir}  ({accelerator.num_processes} process(es) on {device}"
+                  f"{f', {threads} thread(s) each' if threads else ''}, mixed precision {accelerator.mixed_precision})")
     teacher, segmenter, student = build_models(cfg)
 
     # Stage 0 (segmenter.steps > 0): the segmenter pre-trained alone on labelled pairs.

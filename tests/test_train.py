@@ -98,6 +98,32 @@ def test_default_config_file_matches_and_validates():
     assert cfg.eval.sets[0].root == "bundled:msrs" and cfg.eval.sets[0].split == "test"
 
 
+def test_cpu_threads_setting(monkeypatch):
+    """``train.cpu_threads``: N sets N threads on a CPU run, 0 divides the usable CPUs among the
+    processes, None (and any GPU run) leaves torch as launched; negative values are refused."""
+    from types import SimpleNamespace
+
+    from dfsfuse.train import stages
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(stages, "available_cpus", lambda: 8)
+    cpu = lambda n: SimpleNamespace(device=torch.device("cpu"), num_processes=n)  # noqa: E731
+    try:
+        assert stages.apply_cpu_threads(load_config(overrides=["train.cpu_threads=3"]), cpu(1)) == 3
+        assert torch.get_num_threads() == 3
+        assert stages.apply_cpu_threads(load_config(overrides=["train.cpu_threads=0"]), cpu(2)) == 4
+        assert stages.apply_cpu_threads(load_config(overrides=["train.cpu_threads=0"]), cpu(16)) == 1
+        assert torch.get_num_threads() == 1
+        assert stages.apply_cpu_threads(load_config(), cpu(1)) is None and torch.get_num_threads() == 1
+        gpu = SimpleNamespace(device=torch.device("cuda", 0), num_processes=1)
+        assert stages.apply_cpu_threads(load_config(overrides=["train.cpu_threads=0"]), gpu) is None
+    finally:
+        torch.set_num_threads(before)
+    assert load_config(REPO / "recipes" / "configs" / "default.yaml").train.cpu_threads == 0
+    with pytest.raises(ConfigError, match="train.cpu_threads"):
+        load_config(overrides=["train.cpu_threads=-1"])
+
+
 def test_unknown_key_and_bad_values_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  seed: 1\n  max_stepz: 3\n")

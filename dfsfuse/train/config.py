@@ -166,6 +166,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     on_nonfinite: str = "stop"         # "stop" or "skip"
     stage1: Optional[str] = None       # "fusion_seg" or "ssvif"; unset: "ssvif" iff loss.consistency > 0
+    # torch intra-op threads per process on a CPU run: N, or 0 = the CPUs this process may use
+    # divided among the processes; None = as launched (`accelerate launch` gives each process one
+    # thread unless OMP_NUM_THREADS is set, which leaves half of a 2-core machine idle).
+    cpu_threads: Optional[int] = None
 
 
 @dataclass
@@ -186,6 +190,8 @@ class RunConfig:
             raise ConfigError(f"segmenter.input must be one of {', '.join(BASELINE_METHODS)}, got {self.segmenter.input!r}")
         if len(self.segmenter.crop) != 2 or min(self.segmenter.crop) < 1:
             raise ConfigError(f"segmenter.crop must be [height, width] with positive values, got {self.segmenter.crop}")
+        if self.train.cpu_threads is not None and self.train.cpu_threads < 0:
+            raise ConfigError(f"train.cpu_threads must be 0 (all CPUs) or more, got {self.train.cpu_threads}")
         export_head = self.model.student_export_head
         if export_head is not None:
             trained = self.model.student_kwargs.get("head", "region")

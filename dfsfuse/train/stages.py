@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Optional, Tuple
@@ -61,6 +62,25 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
         torch.backends.cudnn.benchmark = False
     accelerator.init_trackers("distill", config=cfg.to_dict())
     return accelerator
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def apply_cpu_threads(cfg: RunConfig, accelerator: Accelerator) -> Optional[int]:
+    """Set torch's intra-op threads from ``train.cpu_threads`` on a CPU run; returns the count set
+    (``None``: left as launched, or not a CPU run)."""
+    wanted = cfg.train.cpu_threads
+    if wanted is None or accelerator.device.type != "cpu":
+        return None
+    threads = wanted or max(1, available_cpus() // accelerator.num_processes)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def build_models(cfg: RunConfig) -> Tuple[nn.Module, nn.Module, nn.Module]:
