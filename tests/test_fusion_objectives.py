@@ -246,6 +246,16 @@ def test_warm_contrast_is_a_difference_of_gaussians_of_ir():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+def _warm_target_head(kind: str):
+    """A head of ``kind`` with zero features, and a warm IR target on a brighter visible background:
+    (head, ir, vis, features, ir·255 and vis·255 as float64 arrays)."""
+    ir = torch.full((1, 1, 64, 64), 0.3)
+    ir[..., 28:36, 28:36] = 0.5                      # a warm target...
+    vis = torch.full((1, 1, 64, 64), 0.6)            # ...on a brighter visible background
+    a, b = ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255
+    return FusionHead(4, kind), ir, vis, torch.zeros(1, 4, 64, 64), a, b
+
+
 def test_region_contrast_head_starts_at_its_rule_and_learns_the_gain_of_warm_contrast():
     """Zero maps: the ``region-contrast`` rule (region-max + 2·relu(G2*ir − G8*ir)). A gain map g:
     F = region-max + (2 + g)·relu(G2*ir − G8*ir) (g = −2: exactly region-max), and the gain's
@@ -254,13 +264,8 @@ def test_region_contrast_head_starts_at_its_rule_and_learns_the_gain_of_warm_con
 
     from dfsfuse.baselines import REGION_CONTRAST_GAIN, baseline_fusion, region_max_fusion, warm_contrast_map
 
-    ir = torch.full((1, 1, 64, 64), 0.3)
-    ir[..., 28:36, 28:36] = 0.5                      # a warm target...
-    vis = torch.full((1, 1, 64, 64), 0.6)            # ...on a brighter visible background
-    head = FusionHead(4, "region-contrast")
+    head, ir, vis, feats, a, b = _warm_target_head("region-contrast")
     assert head.conv.out_channels == 3
-    feats = torch.zeros(1, 4, 64, 64)
-    a, b = ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255
     out = head(feats, ir, vis)
     rule = baseline_fusion(a, b, "region-contrast").astype(np.float64)
     assert np.abs(out[0, 0].detach().double().numpy() * 255 - rule).max() <= 0.5 + 1e-3  # rule = 8-bit rounding
@@ -284,13 +289,8 @@ def test_region_gain_head_is_region_contrast_without_the_free_residual():
 
     from dfsfuse.baselines import REGION_CONTRAST_GAIN, baseline_fusion, region_max_fusion, warm_contrast_map
 
-    ir = torch.full((1, 1, 64, 64), 0.3)
-    ir[..., 28:36, 28:36] = 0.5
-    vis = torch.full((1, 1, 64, 64), 0.6)
-    head = FusionHead(4, "region-gain")
+    head, ir, vis, feats, a, b = _warm_target_head("region-gain")
     assert head.conv.out_channels == 2
-    feats = torch.zeros(1, 4, 64, 64)
-    a, b = ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255
     out = head(feats, ir, vis)
     rule = baseline_fusion(a, b, "region-contrast").astype(np.float64)
     assert np.abs(out[0, 0].detach().double().numpy() * 255 - rule).max() <= 0.5 + 1e-3
