@@ -6,7 +6,6 @@ run's held-out metrics, a sample fusion and optionally ONNX (``dfsfuse export``)
 
 from __future__ import annotations
 
-
 import json
 import shutil
 import tempfile
@@ -360,7 +359,7 @@ def export_student(source: PathLike, out_dir: PathLike, *, onnx: bool = False, l
         except ValueError as exc:
             raise ValueError(f"{source_path}: {exc}") from None
         src = replace(src, model=model, label=f"{src.label}, converted to the {head} head", final=False,
-                                  metrics={}, comparison=None)
+                      metrics={}, comparison=None)
     summary = _summary(src, latency_runs, device)
     model.cpu()
     work = Path(tempfile.mkdtemp(prefix=".dfsfuse-export."))
