@@ -2,8 +2,9 @@
 
 One conversion today: ``region-contrast`` → ``region-gain``, i.e. drop the free residual ``r``.
 The semantic student learns where to add IR's warm contrast through its gain map ``g`` while
-training with ``r``; ``r`` itself carries almost all of its VIF cost (README, Semantic benchmark),
-so the shipped semantic student is the trained ``region-contrast`` network with ``r`` removed.
+training with ``r``; ``r`` carries almost all of its VIF cost but also part of its help to a
+segmenter (README, Semantic benchmark), so dropping it is a choice (``dfsfuse export --head
+region-gain``, the recipe's ``model.student_export_head``), not what the shipped student does.
 """
 
 from __future__ import annotations
