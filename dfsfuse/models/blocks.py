@@ -119,14 +119,12 @@ def fused_from_head(raw: Tensor, ir: Tensor, vis_y: Tensor, kind: str, sharpness
     if kind == "residual":
         return fused_from_residual(raw, ir, vis_y)
     z, residual = raw[:, :1], raw[:, 1:2]
-    if kind == "region-gain":  # the second map is the gain, there is no free residual
-        w = torch.sigmoid(z + region_logits(ir, vis_y))
-        gain = residual + REGION_CONTRAST_GAIN
-        return (vis_y + w * (ir - vis_y) + gain * warm_contrast(ir)).clamp(0.0, 1.0)
-    if kind == "region-contrast":
-        w = torch.sigmoid(z + region_logits(ir, vis_y))
-        gain = raw[:, 2:3] + REGION_CONTRAST_GAIN
-        return (vis_y + w * (ir - vis_y) + residual + gain * warm_contrast(ir)).clamp(0.0, 1.0)
+    if kind in ("region-contrast", "region-gain"):
+        # region + a learned gain (the last map) on IR's warm contrast; region-gain has no residual r
+        fused = vis_y + torch.sigmoid(z + region_logits(ir, vis_y)) * (ir - vis_y)
+        if kind == "region-contrast":
+            fused = fused + residual
+        return (fused + (raw[:, -1:] + REGION_CONTRAST_GAIN) * warm_contrast(ir)).clamp(0.0, 1.0)
     if kind == "region-add":
         # Not clipped: a clip at the saturated prior's 0/1 would pass no gradient (the point of
         # this head); F itself is clipped, and a weight outside [0, 1] extrapolates contrast.
