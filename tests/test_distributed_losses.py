@@ -83,6 +83,7 @@ if rank == 0:
     with open(out, "w") as fh:
         json.dump({"log": log, "params": params}, fh)
 if distributed:
+    dist.barrier()  # both ranks tear gloo down together (a rank exiting first can abort the other's teardown)
     dist.destroy_process_group()
 '''
 

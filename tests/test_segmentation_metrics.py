@@ -114,6 +114,7 @@ def _all_reduce_worker(rank: int, world_size: int, rendezvous: str, out: str) ->
         cm = ConfusionMatrix()
         cm.update(*_batch(rank))
         torch.save(cm.all_reduce().matrix, f"{out}.{rank}")
+        dist.barrier()  # tear gloo down together: a rank exiting first can abort the other's teardown
     finally:
         dist.destroy_process_group()
 

@@ -367,3 +367,24 @@ def test_label_oracle_shows_ir_exactly_on_the_grown_class_masks(tiny, tmp_path, 
     assert "no Segmentation_labels" in err and str(unlabelled) in err and len(err.splitlines()) == 1
     data = _run(tiny, tmp_path / "with_oracle.json", "--kinds", "vis", "--fused", f"oracle={out}")
     assert math.isfinite(data["miou"]["oracle"])
+
+
+def test_cpu_defaults_follow_the_affinity_mask(monkeypatch):
+    """Restricted to one CPU (``taskset``, a cgroup cpuset) on a many-core machine, every CPU default
+    follows the mask, not the machine: segbench's worker plan, fuse's workers, training threads."""
+    import os
+
+    from dfsfuse import cpus
+    from dfsfuse.commands.fuse import default_workers
+    from dfsfuse.commands.segbench import worker_plan
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+        assert cpus.available_cpus() == 1
+        assert worker_plan(None, None, "cpu") == (1, 1)
+        assert default_workers() == 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: the CPU count
+    assert cpus.available_cpus() == 64
+    assert worker_plan(None, None, "cpu") == (4, 16)
+    assert default_workers() == 4

@@ -7,13 +7,14 @@ named on stderr), 2 when nothing could start (no model, missing folder).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from ..cpus import available_cpus
 
 
 def default_workers() -> int:
-    """``--workers`` default: the CPU count, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """``--workers`` default: the CPUs this process may use, at most 4."""
+    return max(1, min(4, available_cpus()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,10 @@ folder; or, with ``--quick``, score one trained segmenter on every kind. A thin 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Optional
+
+from ..cpus import available_cpus
 
 # Torch-free copies of dfsfuse.semantic_bench's constants: building parsers must not import torch
 # (``dfsfuse --help`` stays fast); tests/test_semantic_bench.py checks they agree.
@@ -140,7 +141,7 @@ def worker_plan(workers: Optional[int], threads: Optional[int], device: str,
     scale across threads; separate processes do). ``--threads`` alone keeps one process (the
     behaviour before workers existed); GPUs use one process.
     """
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cpus()
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if workers is None:

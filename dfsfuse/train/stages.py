@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Optional, Tuple
@@ -13,6 +12,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..cpus import available_cpus
 from ..export import from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
@@ -62,14 +62,6 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
         torch.backends.cudnn.benchmark = False
     accelerator.init_trackers("distill", config=cfg.to_dict())
     return accelerator
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def apply_cpu_threads(cfg: RunConfig, accelerator: Accelerator) -> Optional[int]:
