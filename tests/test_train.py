@@ -295,3 +295,18 @@ def test_two_cpu_processes_match_one(tiny_run, tmp_path, data):
         assert f"{n} process(es)" in res.stdout
     assert len(curves[1]) == len(curves[2]) == 4  # one writer: rank 0 only
     assert curves[2] == pytest.approx(curves[1], rel=2e-2)
+
+
+def test_stage_crop_overrides_the_data_crop():
+    """``student.crop`` / ``teacher.crop``: that stage's random crops have this side (the seg CE gets
+    context); unset, every stage uses ``data.crop``; a non-positive side is refused."""
+    from dfsfuse.train import stages
+
+    cfg = load_config(overrides=["data.crop=32", "student.crop=48", "data.synthetic=4", "data.synthetic_size=64"])
+    assert cfg.teacher.crop is None and cfg.student.crop == 48
+    teacher_batch = next(iter(stages._loader(cfg, 2, crop=cfg.teacher.crop)))
+    student_batch = next(iter(stages._loader(cfg, 2, crop=cfg.student.crop)))
+    assert teacher_batch["ir"].shape[-2:] == (32, 32)
+    assert student_batch["ir"].shape[-2:] == student_batch["vis_y"].shape[-2:] == (48, 48)
+    with pytest.raises(ConfigError, match="student.crop"):
+        load_config(overrides=["student.crop=0"])

@@ -101,6 +101,14 @@ class StageConfig:
 
 
 @dataclass
+class FusionStageConfig(StageConfig):
+    """Stage 1 (teacher) or stage 2 (student): optimisation plus the side of its random crops."""
+
+    crop: Optional[int] = None         # square random crops of this side; None: data.crop. Larger crops give
+                                       # the seg CE context (msrs_semantic_cpu.yaml: student.crop 128)
+
+
+@dataclass
 class SegmenterStageConfig(StageConfig):
     """Stage 0 (off unless ``steps > 0``): the segmenter pre-trained alone on the labelled
     training pairs, fused by the rule ``input`` (the ``region`` head's initial state), before it
@@ -179,8 +187,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    teacher: StageConfig = field(default_factory=StageConfig)
-    student: StageConfig = field(default_factory=StageConfig)
+    teacher: FusionStageConfig = field(default_factory=FusionStageConfig)
+    student: FusionStageConfig = field(default_factory=FusionStageConfig)
     segmenter: SegmenterStageConfig = field(default_factory=SegmenterStageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -190,6 +198,10 @@ class RunConfig:
             raise ConfigError(f"segmenter.input must be one of {', '.join(BASELINE_METHODS)}, got {self.segmenter.input!r}")
         if len(self.segmenter.crop) != 2 or min(self.segmenter.crop) < 1:
             raise ConfigError(f"segmenter.crop must be [height, width] with positive values, got {self.segmenter.crop}")
+        for stage in ("teacher", "student"):
+            crop = getattr(self, stage).crop
+            if crop is not None and crop < 1:
+                raise ConfigError(f"{stage}.crop must be a positive side (or null: data.crop), got {crop}")
         if self.train.cpu_threads is not None and self.train.cpu_threads < 0:
             raise ConfigError(f"train.cpu_threads must be 0 (all CPUs) or more, got {self.train.cpu_threads}")
         export_head = self.model.student_export_head

@@ -76,8 +76,10 @@ class SeededAugment(Dataset):
         return self.transform(self.dataset[index], generator=g)
 
 
-def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = None) -> SeededAugment:
-    """Real pairs (repeated) + synthetic labelled scenes, randomly cropped and flipped."""
+def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = None,
+                        crop: Optional[int] = None) -> SeededAugment:
+    """Real pairs (repeated) + synthetic labelled scenes, randomly cropped (``crop``, default
+    ``cfg.crop``) and flipped."""
     use_labels = cfg.labels if labels is None else labels
     parts: List[Dataset] = []
     for spec in cfg.train:
@@ -88,7 +90,7 @@ def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = Non
         parts.append(SyntheticScenes(cfg.synthetic, cfg.synthetic_size, seed=seed + 1, labels=use_labels))
     if not parts:
         raise DatasetError("data.train: no training data (all sets missing and data.synthetic = 0)")
-    return SeededAugment(ConcatDataset(parts), train_transform(cfg.crop, hflip=0.5), seed=seed)
+    return SeededAugment(ConcatDataset(parts), train_transform(crop or cfg.crop, hflip=0.5), seed=seed)
 
 
 def collate_samples(batch: List[Dict[str, object]]) -> Dict[str, object]:
