@@ -373,10 +373,13 @@ def test_cpu_defaults_follow_the_affinity_mask(monkeypatch):
     """Restricted to one CPU (``taskset``, a cgroup cpuset) on a many-core machine, every CPU default
     follows the mask, not the machine: segbench's worker plan, fuse's workers, training threads."""
     import os
+    from types import SimpleNamespace
 
     from dfsfuse import cpus
     from dfsfuse.commands.fuse import default_workers
     from dfsfuse.commands.segbench import worker_plan
+    from dfsfuse.train.config import load_config
+    from dfsfuse.train.stages import apply_cpu_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     if hasattr(os, "sched_getaffinity"):
@@ -384,6 +387,12 @@ def test_cpu_defaults_follow_the_affinity_mask(monkeypatch):
         assert cpus.available_cpus() == 1
         assert worker_plan(None, None, "cpu") == (1, 1)
         assert default_workers() == 1
+        before = torch.get_num_threads()
+        try:
+            one_process = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+            assert apply_cpu_threads(load_config(overrides=["train.cpu_threads=0"]), one_process) == 1
+        finally:
+            torch.set_num_threads(before)
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: the CPU count
     assert cpus.available_cpus() == 64
     assert worker_plan(None, None, "cpu") == (4, 16)
