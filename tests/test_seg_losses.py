@@ -214,3 +214,42 @@ def test_student_consistency_is_label_free_and_trains_student_and_head():
     assert student_net.encoder_ir.stem.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="segmenter"):
         objective(batch, teacher_out, None, None)
+
+
+def test_cotrained_segmenter_learns_with_the_student():
+    """SeAFusion's joint training in stage 2 (``loss.seg_ce_cotrain``): the term equals the weighted
+    seg CE of the co-trained segmenter on the student's fusion, its gradient reaches both that
+    segmenter and the student, the segmenter is checkpointed with the objective, and the option
+    refuses a missing segmenter and a negative weight."""
+    from dfsfuse.losses import SegmentationCE
+    from dfsfuse.models import create_model
+    from dfsfuse.train.config import ConfigError
+    from dfsfuse.train.objectives import StudentObjective
+
+    torch.manual_seed(0)
+    cfg = load_config(overrides=["loss.seg_ce_cotrain=0.7", "loss.seg_ce=0", "loss.seg_kl=0", "loss.output=0",
+                                 "loss.feature=0", "loss.frequency=0", "loss.student_fusion=0",
+                                 "loss.semantic_weighting=false", "loss.seg_loss=weighted"])
+    cotrain = create_model("segmenter", fpn_dim=8)
+    student_net = create_model("student_fast", width=4)
+    objective = StudentObjective(student_net, student_net.feature_channels, cfg.loss, cotrain_segmenter=cotrain)
+    assert objective.term_names == ["seg_ce_cotrain"]
+    assert any(k.startswith("cotrain_segmenter.") for k in objective.state_dict())
+    batch = {"ir": torch.rand(2, 1, 32, 32), "vis_y": torch.rand(2, 1, 32, 32),
+             "label": torch.randint(0, 9, (2, 32, 32))}
+    with torch.no_grad():
+        teacher_out = create_model("student_fast", width=4)(batch["ir"], batch["vis_y"])
+    objective.eval()  # BatchNorm on running statistics, so the independent recomputation matches
+    terms = objective(batch, teacher_out, None, None)
+    assert set(terms) == {"seg_ce_cotrain"}
+    logits = cotrain(student_net(batch["ir"], batch["vis_y"]).fused).logits
+    expected = 0.7 * SegmentationCE(mode="weighted", ignore_index=255)(logits, batch["label"])
+    torch.testing.assert_close(terms["seg_ce_cotrain"], expected)
+    terms["seg_ce_cotrain"].backward()
+    assert all(p.grad is not None for p in cotrain.parameters() if p.requires_grad)
+    assert sum(p.grad.abs().sum() for p in cotrain.classifier.parameters()) > 0
+    assert sum(p.grad.abs().sum() for p in student_net.parameters() if p.grad is not None) > 0
+    with pytest.raises(ValueError, match="seg_ce_cotrain"):
+        StudentObjective(student_net, student_net.feature_channels, cfg.loss)
+    with pytest.raises(ConfigError, match="seg_ce_cotrain"):
+        load_config(overrides=["loss.seg_ce_cotrain=-1"])

@@ -144,6 +144,8 @@ class LossConfig:
     student_fusion: float = 0.5        # the student's own fusion loss next to distillation
     student_consistency: float = 0.0   # stage 2, label-free (SSVIF): a feature-level segmentation of the
                                        # student's features must agree with the segmenter on its fusion
+    seg_ce_cotrain: float = 0.0        # stage 2 (SeAFusion's joint training): seg CE of a fresh segmenter
+                                       # trained with the student on its fusions; never exported
     temperature: float = 2.0
     semantic_weighting: bool = True
     class_importance: Optional[List[float]] = None
@@ -160,6 +162,8 @@ class LossConfig:
         for key, allowed in (("intensity_target", ("max", "contrast")), ("gradient_mode", ("magnitude", "signed"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"loss.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.seg_ce_cotrain < 0:
+            raise ConfigError(f"loss.seg_ce_cotrain must be 0 (off) or positive, got {self.seg_ce_cotrain}")
 
 
 @dataclass

@@ -114,12 +114,21 @@ class StudentObjective(nn.Module):
     (symmetric KL at ``cfg.consistency_temperature``) with the frozen segmenter on the
     student's fused image; both the head and the student get its gradient. No label is read.
     ``num_classes`` sizes that head (the segmenter's classes).
+
+    With ``cfg.seg_ce_cotrain > 0`` it also returns ``seg_ce_cotrain``: the segmentation CE of
+    ``cotrain_segmenter`` (trainable, part of this module, never exported) on the student's fusion.
+    Both it and the student get that gradient, as in SeAFusion's joint training: the fusion learns
+    what a segmenter *learning on it* needs, not only what a fixed, already trained one reads.
     """
 
     def __init__(self, student: nn.Module, teacher_channels: Dict[str, int], cfg: LossConfig,
-                 num_classes: int = 9) -> None:
+                 num_classes: int = 9, cotrain_segmenter: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.student = student
+        self.w_cotrain = float(cfg.seg_ce_cotrain)
+        if self.w_cotrain > 0 and cotrain_segmenter is None:
+            raise ValueError("loss.seg_ce_cotrain > 0 needs a segmenter to train with the student")
+        self.cotrain_segmenter = cotrain_segmenter if self.w_cotrain > 0 else None
         importance = cfg.class_importance if cfg.class_importance is not None else MSRS_CLASS_IMPORTANCE
         self.distill = DistilledSemanticLoss(
             student.feature_channels, teacher_channels,
@@ -142,7 +151,8 @@ class StudentObjective(nn.Module):
         """The weighted terms :meth:`forward` returns that dynamic weighting balances (``aux_*`` pass through)."""
         fusion = [f"fusion_{n}" for n in self.fusion_loss.term_names] if self.w_fusion else []
         consistency = ["student_consistency"] if self.feature_head is not None else []
-        return [*self.distill.term_names, *consistency, *fusion]
+        cotrain = ["seg_ce_cotrain"] if self.cotrain_segmenter is not None else []
+        return [*self.distill.term_names, *consistency, *cotrain, *fusion]
 
     def forward(self, batch: dict, teacher_out, seg_teacher_logits: Optional[Tensor],
                 segmenter: Optional[nn.Module]) -> Dict[str, Tensor]:
@@ -157,6 +167,9 @@ class StudentObjective(nn.Module):
                                           mode="bilinear", align_corners=False)
             terms["student_consistency"] = self.w_consistency * cross_seg_consistency(
                 feature_level, seg_student, T=self.consistency_temperature)
+        if self.cotrain_segmenter is not None:
+            terms["seg_ce_cotrain"] = self.w_cotrain * self.distill.seg_criterion(
+                self.cotrain_segmenter(out.fused).logits, _labels_or_ignore(batch))
         if self.w_fusion:
             for k, v in self.fusion_loss(out.fused, batch["ir"], batch["vis_y"]).items():
                 terms[f"fusion_{k}"] = self.w_fusion * v

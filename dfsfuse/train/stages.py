@@ -151,14 +151,18 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     """Stage 2: the student learns from the frozen teacher through the distilled semantic loss.
 
     The teacher and segmenter are frozen, in eval mode, run under ``no_grad`` for the
-    teacher's side, and never passed to ``accelerator.prepare``.
+    teacher's side, and never passed to ``accelerator.prepare``. With ``loss.seg_ce_cotrain > 0`` a
+    fresh segmenter trains beside the student (part of the objective and its checkpoints, not exported).
     """
     set_seed(cfg.train.seed, device_specific=True)
     device = accelerator.device
     teacher = freeze(teacher).to(device)
     segmenter = freeze(segmenter).to(device) if segmenter is not None else None
+    cotrain = None
+    if cfg.loss.seg_ce_cotrain > 0:  # fresh weights (seeded above), the stage-1 segmenter's architecture
+        cotrain = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
     objective = StudentObjective(student, teacher.feature_channels, cfg.loss,
-                                 num_classes=getattr(segmenter, "num_classes", 9))
+                                 num_classes=getattr(segmenter, "num_classes", 9), cotrain_segmenter=cotrain)
     if segmenter is None and objective.needs_segmenter:
         raise ValueError("the semantic losses need a segmenter; train the teacher with loss.seg_ce > 0 "
                          "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0 loss.student_consistency=0")
