@@ -253,3 +253,5 @@ def test_cotrained_segmenter_learns_with_the_student():
         StudentObjective(student_net, student_net.feature_channels, cfg.loss)
     with pytest.raises(ConfigError, match="seg_ce_cotrain"):
         load_config(overrides=["loss.seg_ce_cotrain=-1"])
+    with pytest.raises(ConfigError, match="data.labels"):
+        load_config(overrides=["loss.seg_ce_cotrain=1", "data.labels=false"])

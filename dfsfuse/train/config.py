@@ -206,6 +206,8 @@ class RunConfig:
             crop = getattr(self, stage).crop
             if crop is not None and crop < 1:
                 raise ConfigError(f"{stage}.crop must be a positive side (or null: data.crop), got {crop}")
+        if self.loss.seg_ce_cotrain > 0 and not self.data.labels:
+            raise ConfigError("loss.seg_ce_cotrain > 0 trains a segmenter on labels: it needs data.labels=true")
         if self.train.cpu_threads is not None and self.train.cpu_threads < 0:
             raise ConfigError(f"train.cpu_threads must be 0 (all CPUs) or more, got {self.train.cpu_threads}")
         export_head = self.model.student_export_head

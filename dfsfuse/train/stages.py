@@ -90,9 +90,8 @@ def build_models(cfg: RunConfig) -> Tuple[nn.Module, nn.Module, nn.Module]:
     return teacher, segmenter, student
 
 
-def _loader(cfg: RunConfig, batch_size: int, labels: Optional[bool] = None,
-            crop: Optional[int] = None) -> DataLoader:
-    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, labels=labels, crop=crop)
+def _loader(cfg: RunConfig, batch_size: int, crop: Optional[int] = None) -> DataLoader:
+    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=crop)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=collate_samples, num_workers=cfg.data.num_workers,
                       persistent_workers=False)
