@@ -305,7 +305,9 @@ def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
                             (["--first-seed", "-1"], "--first-seed"),
                             (["--ema", "1.5"], "EMA decay"),
                             (["--class-crops", "2"], "class-crop probability"),
-                            (["--quick", str(tmp_path)], "no exported segmenter")):
+                            (["--quick", str(tmp_path)], "no exported segmenter"),
+                            (["--png", str(tmp_path)], "is a folder; --png takes a file path"),
+                            (["--json", str(tmp_path)], "is a folder; --json takes a file path")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err

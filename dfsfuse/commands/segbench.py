@@ -170,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
+    png = args.png or (args.json.with_suffix(".png") if args.json else None)
+    for option, out in (("--json", args.json), ("--png", png)):
+        if out is not None and out.is_dir():  # checked before the training, not after it
+            raise ValueError(f"{out}: is a folder; {option} takes a file path")
     console = Console()
     if not console.is_terminal:  # logs: wide enough for the per-class table
         console = Console(width=150)
@@ -194,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"wall time {result.settings['wall_time_s']:.0f} s")
     if args.json:
         console.print(f"wrote {result.save_json(args.json)}")
-    png = args.png or (args.json.with_suffix(".png") if args.json else None)
     if png:
         console.print(f"wrote {save_picture(result, test, png)}")
     return 0
