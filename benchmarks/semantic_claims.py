@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from dfsfuse.atomic import write_json_atomic  # noqa: E402
-from dfsfuse.seed_claims import compare_kinds, merge_results  # noqa: E402
+from dfsfuse.seed_claims import compare_kinds, merge_results, torch_threads  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except (OSError, json.JSONDecodeError) as exc:
                 raise ValueError(f"{path}: cannot read a JSON result ({exc.__class__.__name__}: {exc})") from None
         per_seed, protocol = merge_results(docs)
+        threads = torch_threads(docs)
         if args.seeds:
             per_seed = {k: {s: m for s, m in v.items() if s in args.seeds} for k, v in per_seed.items()}
             per_seed = {k: v for k, v in per_seed.items() if v}
@@ -77,6 +78,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{min(v.differences):+.4f}..{max(v.differences):+.4f}",
                       "yes" if v.paired else "no", f"{v.margin:+.4f}")
     console = Console(width=max(120, Console().width))
+    counts = sorted({n for n in threads.values() if n is not None})
+    if len(counts) > 1:
+        console.print(f"[yellow]note: the files ran with {', '.join(map(str, counts))} torch threads per segmenter; "
+                      "a seed's mIoU depends on the thread count, so per-seed comparisons across them are "
+                      "not like for like[/]")
     console.print(table)
     if claims.teacher:
         console.print(f"{args.subject} / {claims.teacher} mean mIoU: {claims.teacher_ratio:.1%} "
@@ -84,7 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console.print(f"paired claim (every seed): {'holds' if claims.paired else 'fails'}; "
                   f"strict claim (ranges apart): {'holds' if claims.unpaired else 'fails'}")
     if args.json:
-        record = {"files": [str(p) for p in args.results], "protocol": protocol, "seeds_filter": args.seeds,
+        record = {"files": [str(p) for p in args.results], "protocol": protocol, "torch_threads": threads,
+                  "seeds_filter": args.seeds,
                   "miou_per_seed": {k: {str(s): m for s, m in sorted(v.items())} for k, v in per_seed.items()},
                   **claims.to_dict()}
         write_json_atomic(args.json, record)

@@ -58,6 +58,20 @@ def _protocol(doc: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def torch_threads(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[str, Optional[int]]:
+    """``{name: torch threads per segmenter}`` of ``(name, segbench JSON)`` documents (None where not recorded).
+
+    Not part of :data:`PROTOCOL_KEYS` (older files mixed thread counts and record none), but a seed's
+    numbers depend on it: the summation order changes, and 900 steps amplify that into seed-sized
+    differences. Callers should say so when the documents differ.
+    """
+    out: Dict[str, Optional[int]] = {}
+    for name, doc in docs:
+        value = (doc.get("settings") or {}).get("torch_threads")
+        out[name] = int(value) if value is not None else None
+    return out
+
+
 def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Tuple[PerSeed, Dict[str, Any]]:
     """Join ``(name, segbench JSON)`` documents into ``{kind: {seed: mIoU}}`` and their shared protocol.
 

@@ -102,3 +102,20 @@ def test_script_merges_files_writes_json_and_fails_cleanly_on_bad_input(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("semantic_claims.py: error:") and "bad.json" in err and "\n" not in err
     assert json.loads(out.read_text())["versus"][0]["seeds"] == [1]  # not overwritten
+
+
+def test_script_notes_mixed_thread_counts(tmp_path, capsys):
+    """Files whose segmenters ran with different torch thread counts still merge (older files mixed
+    them), but the script says so and the JSON records each file's count."""
+    script = load_script(REPO / "benchmarks" / "semantic_claims.py", "semantic_claims")
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(doc({"ir": [0.15, 0.16], "vis": [0.14, 0.17], "max": [0.16, 0.15]}, [0, 1],
+                                torch_threads=1)))
+    b.write_text(json.dumps(doc({"student": [0.18, 0.175]}, [0, 1], torch_threads=2)))
+    c.write_text(json.dumps(doc({"student": [0.18, 0.175]}, [0, 1], torch_threads=1)))
+    out = tmp_path / "claims.json"
+    assert script.main([str(a), str(b), "--subject", "student", "--json", str(out)]) == 0
+    assert "1, 2 torch threads" in capsys.readouterr().out
+    assert json.loads(out.read_text())["torch_threads"] == {str(a): 1, str(b): 2}
+    assert script.main([str(a), str(c), "--subject", "student"]) == 0
+    assert "torch threads" not in capsys.readouterr().out

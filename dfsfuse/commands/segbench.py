@@ -76,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--workers", type=int, metavar="N",
                         help="train the segmenters in N processes (default: one per CPU core, at most 4, on a CPU "
                              "without --threads; else 1); on 2 cores two one-thread workers train 1.6x as many "
-                             "segmenters per hour as one two-thread process, with the numbers of --threads 1")
+                             "segmenters per hour as one two-thread process, with the numbers of --threads 1; "
+                             "each process gets cores/N torch threads unless --threads says otherwise (so "
+                             "--workers 1 --threads 1 reproduces the default's numbers, --workers 1 alone does not)")
     parser.add_argument("--picture-image", metavar="STEM",
                         help="test image shown in the picture (default: the one with the most classes)")
     parser.add_argument("--json", type=Path, default=json_default, help="write the results to this JSON file")
