@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from PIL import Image
 
 from dfsfuse.losses import (
@@ -255,3 +256,36 @@ def test_cotrained_segmenter_learns_with_the_student():
         load_config(overrides=["loss.seg_ce_cotrain=-1"])
     with pytest.raises(ConfigError, match="data.labels"):
         load_config(overrides=["loss.seg_ce_cotrain=1", "data.labels=false"])
+
+
+def test_restarting_the_cotrained_segmenter_gives_fresh_weights_and_optimizer_state():
+    """``loss.seg_ce_cotrain_reset``: a restart loads the weights and BN statistics a seeded
+    ``create_model`` builds, drops only that segmenter's AdamW state, leaves the global RNG where
+    it was (a seeded run is not shifted), and the option refuses bad values."""
+    from dfsfuse.models import create_model
+    from dfsfuse.train.config import ConfigError
+    from dfsfuse.train.objectives import restart_cotrained_segmenter
+
+    torch.manual_seed(0)
+    segmenter = create_model("segmenter", fpn_dim=8)
+    other = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW([*segmenter.parameters(), *other.parameters()], lr=1e-2)
+    for _ in range(2):  # train a little: weights, BN statistics and optimizer state all move
+        loss = segmenter(torch.rand(2, 1, 32, 32)).logits.square().mean() + other(torch.rand(4, 3)).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    before = torch.get_rng_state()
+    restart_cotrained_segmenter(segmenter, optimizer, "segmenter", {"fpn_dim": 8}, seed=123)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(123)
+    expected = create_model("segmenter", fpn_dim=8).state_dict()
+    got = segmenter.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert all(p not in optimizer.state for p in segmenter.parameters())
+    assert all("exp_avg" in optimizer.state[p] for p in other.parameters())
+    optimizer.step()  # AdamW starts the dropped parameters afresh
+    with pytest.raises(ConfigError, match="seg_ce_cotrain_reset"):
+        load_config(overrides=["loss.seg_ce_cotrain=1", "loss.seg_ce_cotrain_reset=-5"])
+    with pytest.raises(ConfigError, match="needs loss.seg_ce_cotrain"):
+        load_config(overrides=["loss.seg_ce_cotrain_reset=100"])

@@ -146,6 +146,9 @@ class LossConfig:
                                        # student's features must agree with the segmenter on its fusion
     seg_ce_cotrain: float = 0.0        # stage 2 (SeAFusion's joint training): seg CE of a fresh segmenter
                                        # trained with the student on its fusions; never exported
+    seg_ce_cotrain_reset: int = 0      # > 0: that segmenter restarts from fresh weights (and optimizer state)
+                                       # every N student steps, so the student keeps hearing what a segmenter
+                                       # early in its training needs, as a from-scratch segmenter on its fusions
     temperature: float = 2.0
     semantic_weighting: bool = True
     class_importance: Optional[List[float]] = None
@@ -164,6 +167,11 @@ class LossConfig:
                 raise ConfigError(f"loss.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.seg_ce_cotrain < 0:
             raise ConfigError(f"loss.seg_ce_cotrain must be 0 (off) or positive, got {self.seg_ce_cotrain}")
+        if self.seg_ce_cotrain_reset < 0:
+            raise ConfigError(f"loss.seg_ce_cotrain_reset must be 0 (never) or a positive step count, "
+                              f"got {self.seg_ce_cotrain_reset}")
+        if self.seg_ce_cotrain_reset > 0 and self.seg_ce_cotrain <= 0:
+            raise ConfigError("loss.seg_ce_cotrain_reset restarts the co-trained segmenter: it needs loss.seg_ce_cotrain > 0")
 
 
 @dataclass

@@ -6,7 +6,7 @@ prepare, and keeps frozen networks (the teacher, the segmenter in stage 2) out o
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from ..losses import (
     SegmentationCE,
     cross_seg_consistency,
 )
+from ..models import create_model
 from ..models.segmentation import FeatureSegHead
 from .config import LossConfig
 from .data import IGNORE_INDEX
@@ -175,6 +176,25 @@ class StudentObjective(nn.Module):
                 terms[f"fusion_{k}"] = self.w_fusion * v
         terms.update(auxiliary_terms(self.student, out, batch))
         return terms
+
+
+def restart_cotrained_segmenter(segmenter: nn.Module, optimizer: torch.optim.Optimizer, spec: str,
+                                kwargs: Dict[str, Any], seed: int) -> None:
+    """Give ``segmenter`` the fresh weights (and BN statistics) of ``create_model(spec, **kwargs)``
+    built under ``seed``, and drop its parameters' optimizer state (AdamW starts them afresh).
+
+    The global RNG is left untouched and every process builds the same weights, so a restart
+    neither shifts the rest of a seeded run nor desynchronises data-parallel copies.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = create_model(spec, **kwargs)
+    with torch.no_grad():
+        for name, value in fresh.state_dict().items():
+            segmenter.state_dict()[name].copy_(value)
+    state = getattr(optimizer, "optimizer", optimizer).state  # accelerate wraps the torch optimizer
+    for p in segmenter.parameters():
+        state.pop(p, None)
 
 
 def freeze(module: nn.Module) -> nn.Module:

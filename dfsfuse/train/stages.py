@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -20,7 +20,7 @@ from ..run_layout import RunLayout
 from .config import RunConfig
 from .data import build_train_dataset, collate_samples
 from .loop import StageResult, train_stage
-from .objectives import StudentObjective, TeacherObjective, freeze
+from .objectives import StudentObjective, TeacherObjective, freeze, restart_cotrained_segmenter
 from .ssvif import SSVIFObjective, ssvif_dynamic_weights
 from .tracking import JSONLinesTracker
 
@@ -145,13 +145,29 @@ def load_teacher(folder: Path, device: torch.device) -> Tuple[nn.Module, Optiona
     return teacher, segmenter
 
 
+def _cotrain_restarts(accelerator: Accelerator, objective: nn.Module, optimizer: torch.optim.Optimizer,
+                      cfg: RunConfig) -> Optional[Callable[[int], None]]:
+    """The ``on_step`` hook restarting the co-trained segmenter every ``loss.seg_ce_cotrain_reset`` steps
+    (``None`` when off). Called right after a resume too: the same step gives the same fresh weights."""
+    every = cfg.loss.seg_ce_cotrain_reset
+    if every <= 0:
+        return None
+
+    def restart(step: int) -> None:
+        if step > 0 and step % every == 0:
+            restart_cotrained_segmenter(accelerator.unwrap_model(objective).cotrain_segmenter, optimizer,
+                                        cfg.model.segmenter, cfg.model.segmenter_kwargs, seed=cfg.train.seed + step)
+    return restart
+
+
 def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: Optional[nn.Module],
                     student: nn.Module, run_dir: Path, resume: bool = False) -> StageResult:
     """Stage 2: the student learns from the frozen teacher through the distilled semantic loss.
 
     The teacher and segmenter are frozen, in eval mode, run under ``no_grad`` for the
     teacher's side, and never passed to ``accelerator.prepare``. With ``loss.seg_ce_cotrain > 0`` a
-    fresh segmenter trains beside the student (part of the objective and its checkpoints, not exported).
+    fresh segmenter trains beside the student (part of the objective and its checkpoints, not exported);
+    ``loss.seg_ce_cotrain_reset`` restarts it from fresh weights every that many steps.
     """
     set_seed(cfg.train.seed, device_specific=True)
     device = accelerator.device
@@ -178,9 +194,10 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
             seg_t = segmenter(t_out.fused).logits if segmenter is not None else None
         return objective(batch, t_out, seg_t, segmenter)
 
+    on_step = _cotrain_restarts(accelerator, objective, optimizer, cfg) if cotrain is not None else None
     result = train_stage(accelerator, "student", objective, optimizer, loader, cfg.student,
                          cfg.stage_steps("student"), cfg.train, RunLayout(run_dir).checkpoints("student"),
-                         resume=resume, dynamic=dynamic, forward=forward)
+                         resume=resume, dynamic=dynamic, forward=forward, on_step=on_step)
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
