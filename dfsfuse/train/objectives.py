@@ -189,9 +189,7 @@ def restart_cotrained_segmenter(segmenter: nn.Module, optimizer: torch.optim.Opt
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = create_model(spec, **kwargs)
-    with torch.no_grad():
-        for name, value in fresh.state_dict().items():
-            segmenter.state_dict()[name].copy_(value)
+    segmenter.load_state_dict(fresh.state_dict())  # copies in place: the optimizer keeps the same tensors
     state = getattr(optimizer, "optimizer", optimizer).state  # accelerate wraps the torch optimizer
     for p in segmenter.parameters():
         state.pop(p, None)

@@ -194,7 +194,7 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
             seg_t = segmenter(t_out.fused).logits if segmenter is not None else None
         return objective(batch, t_out, seg_t, segmenter)
 
-    on_step = _cotrain_restarts(accelerator, objective, optimizer, cfg) if cotrain is not None else None
+    on_step = _cotrain_restarts(accelerator, objective, optimizer, cfg)  # None unless loss.seg_ce_cotrain_reset
     result = train_stage(accelerator, "student", objective, optimizer, loader, cfg.student,
                          cfg.stage_steps("student"), cfg.train, RunLayout(run_dir).checkpoints("student"),
                          resume=resume, dynamic=dynamic, forward=forward, on_step=on_step)
