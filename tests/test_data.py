@@ -14,6 +14,7 @@ from dfsfuse.data import (
     PairedImages,
     PairedRandomCrop,
     PairedRandomFlip,
+    PairedRescale,
     SyntheticScenes,
     bundled_msrs_root,
     colorize,
@@ -199,6 +200,28 @@ def test_flip_really_flips_and_crop_pads_small_images():
     small = {"ir": torch.rand(1, 5, 6), "label": torch.zeros(5, 6, dtype=torch.long)}
     out = PairedRandomCrop(8)(small)
     assert out["ir"].shape == (1, 8, 8) and (out["label"] == 255).sum() == 64 - 30
+
+
+def test_rescale_averages_2x2_blocks_and_takes_each_blocks_top_left_label():
+    """scale 0.5: images are 2x2 block means (area), labels the block's top-left pixel (nearest),
+    as the semantic benchmark shrinks its sources; odd sizes round; bad scales are refused."""
+    ir = torch.rand(1, 6, 8, dtype=torch.float64)
+    label = torch.randint(0, 9, (6, 8))
+    cbcr = torch.rand(2, 6, 8, dtype=torch.float64)
+    out = PairedRescale(0.5)({"ir": ir, "vis_y": 1 - ir, "vis_cbcr": cbcr, "label": label, "name": "s"})
+    blocks = ir.view(1, 3, 2, 4, 2).mean(dim=(2, 4))
+    torch.testing.assert_close(out["ir"], blocks)
+    torch.testing.assert_close(out["vis_y"], 1 - blocks)
+    torch.testing.assert_close(out["vis_cbcr"], cbcr.view(2, 3, 2, 4, 2).mean(dim=(2, 4)))
+    assert out["ir"].dtype == torch.float64 and out["label"].dtype == label.dtype
+    assert torch.equal(out["label"], label[::2, ::2]) and out["name"] == "s"
+    assert PairedRescale(0.5)({"ir": torch.rand(1, 7, 9)})["ir"].shape == (1, 4, 4)  # round(3.5)=4, round(4.5)=4
+    assert PairedRescale(1.0)({"ir": ir})["ir"] is ir
+    with pytest.raises(ValueError, match="scale"):
+        PairedRescale(0)
+    tf = train_transform(crop=2, hflip=0.0, scale=0.5)  # rescale first: the one 2x2 window is the whole
+    x = torch.rand(1, 4, 4, dtype=torch.float64)         # rescaled image, not 4 raw pixels
+    torch.testing.assert_close(tf({"ir": x})["ir"], x.view(1, 2, 2, 2, 2).mean(dim=(2, 4)))
 
 
 # --- synthetic scenes -----------------------------------------------------------------------

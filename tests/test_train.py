@@ -310,3 +310,10 @@ def test_stage_crop_overrides_the_data_crop():
     assert student_batch["ir"].shape[-2:] == student_batch["vis_y"].shape[-2:] == (48, 48)
     with pytest.raises(ConfigError, match="student.crop"):
         load_config(overrides=["student.crop=0"])
+    half = load_config(overrides=["data.crop=32", "student.scale=0.5", "data.synthetic=4", "data.synthetic_size=64"])
+    full = next(iter(stages._loader(half, 2, crop=64)))["ir"]
+    halved = next(iter(stages._loader(half, 2, crop=64, scale=half.student.scale)))["ir"]
+    assert full.shape[-2:] == (64, 64) and halved.shape[-2:] == (64, 64)   # 64x64 scenes at 0.5 are padded to 64
+    assert not torch.equal(full, halved)
+    with pytest.raises(ConfigError, match="student.scale"):
+        load_config(overrides=["student.scale=0"])

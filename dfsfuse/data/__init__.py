@@ -18,6 +18,7 @@ _EXPORTS = {
     "shared_data_root": "shared",
     "CLASS_NAMES": "synthetic", "SceneConfig": "synthetic", "SyntheticScenes": "synthetic", "make_scene": "synthetic",
     "Compose": "transforms", "PairedRandomCrop": "transforms", "PairedRandomFlip": "transforms",
+    "PairedRescale": "transforms",
     "train_transform": "transforms",
 }
 

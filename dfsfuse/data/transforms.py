@@ -66,6 +66,34 @@ class PairedRandomCrop:
         return out
 
 
+class PairedRescale:
+    """Resize every image (area averaging) and the label (nearest neighbour) by ``scale``.
+
+    Matches how the semantic benchmark shrinks its sources (area for images, nearest for labels),
+    so a network trained with ``scale`` 0.5 sees objects at the size the benchmark's segmenter sees.
+    """
+
+    def __init__(self, scale: float) -> None:
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = float(scale)
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        h, w = sample["ir"].shape[-2:]
+        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        if size == (h, w):
+            return sample
+        out = dict(sample)
+        for key in IMAGE_KEYS:
+            if key in sample:
+                x = sample[key]
+                out[key] = F.interpolate(x.unsqueeze(0).float(), size=size, mode="area").squeeze(0).to(x.dtype)
+        if LABEL_KEY in sample:
+            label = sample[LABEL_KEY]
+            out[LABEL_KEY] = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(label.dtype)
+        return out
+
+
 class PairedRandomFlip:
     """Flip every image and the label horizontally (and optionally vertically) together."""
 
@@ -102,8 +130,11 @@ class Compose:
         return sample
 
 
-def train_transform(crop: Optional[int], hflip: float = 0.5, vflip: float = 0.0) -> Compose:
-    """The usual training augmentation: random crop (if ``crop``) then random flips."""
-    steps = [PairedRandomCrop(crop)] if crop else []
+def train_transform(crop: Optional[int], hflip: float = 0.5, vflip: float = 0.0, scale: float = 1.0) -> Compose:
+    """The usual training augmentation: rescale (if ``scale`` != 1), random crop (if ``crop``)
+    then random flips."""
+    steps: list = [PairedRescale(scale)] if scale != 1.0 else []
+    if crop:
+        steps.append(PairedRandomCrop(crop))
     steps.append(PairedRandomFlip(hflip, vflip))
     return Compose(steps)

@@ -106,6 +106,8 @@ class FusionStageConfig(StageConfig):
 
     crop: Optional[int] = None         # square random crops of this side; None: data.crop. Larger crops give
                                        # the seg CE context (msrs_semantic_cpu.yaml: student.crop 128)
+    scale: float = 1.0                 # resize training pairs by this factor before cropping (area; labels
+                                       # nearest). 0.5 shows MSRS at the 240x320 the semantic benchmark uses
 
 
 @dataclass
@@ -214,6 +216,9 @@ class RunConfig:
             crop = getattr(self, stage).crop
             if crop is not None and crop < 1:
                 raise ConfigError(f"{stage}.crop must be a positive side (or null: data.crop), got {crop}")
+            scale = getattr(self, stage).scale
+            if not 0 < scale <= 4:
+                raise ConfigError(f"{stage}.scale must be in (0, 4], got {scale}")
         if self.loss.seg_ce_cotrain > 0 and not self.data.labels:
             raise ConfigError("loss.seg_ce_cotrain > 0 trains a segmenter on labels: it needs data.labels=true")
         if self.train.cpu_threads is not None and self.train.cpu_threads < 0:

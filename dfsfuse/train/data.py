@@ -77,9 +77,9 @@ class SeededAugment(Dataset):
 
 
 def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = None,
-                        crop: Optional[int] = None) -> SeededAugment:
-    """Real pairs (repeated) + synthetic labelled scenes, randomly cropped (``crop``, default
-    ``cfg.crop``) and flipped."""
+                        crop: Optional[int] = None, scale: float = 1.0) -> SeededAugment:
+    """Real pairs (repeated) + synthetic labelled scenes, resized by ``scale``, randomly cropped
+    (``crop``, default ``cfg.crop``) and flipped."""
     use_labels = cfg.labels if labels is None else labels
     parts: List[Dataset] = []
     for spec in cfg.train:
@@ -90,7 +90,7 @@ def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = Non
         parts.append(SyntheticScenes(cfg.synthetic, cfg.synthetic_size, seed=seed + 1, labels=use_labels))
     if not parts:
         raise DatasetError("data.train: no training data (all sets missing and data.synthetic = 0)")
-    return SeededAugment(ConcatDataset(parts), train_transform(cfg.crop if crop is None else crop, hflip=0.5), seed=seed)
+    return SeededAugment(ConcatDataset(parts), train_transform(cfg.crop if crop is None else crop, hflip=0.5, scale=scale), seed=seed)
 
 
 def collate_samples(batch: List[Dict[str, object]]) -> Dict[str, object]:

@@ -90,8 +90,8 @@ def build_models(cfg: RunConfig) -> Tuple[nn.Module, nn.Module, nn.Module]:
     return teacher, segmenter, student
 
 
-def _loader(cfg: RunConfig, batch_size: int, crop: Optional[int] = None) -> DataLoader:
-    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=crop)
+def _loader(cfg: RunConfig, batch_size: int, crop: Optional[int] = None, scale: float = 1.0) -> DataLoader:
+    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=crop, scale=scale)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=collate_samples, num_workers=cfg.data.num_workers,
                       persistent_workers=False)
@@ -115,7 +115,7 @@ def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, 
         objective = TeacherObjective(teacher, segmenter, cfg.loss, train_segmenter=cfg.segmenter.finetune)
         dynamic = None
     optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
-    loader = _loader(cfg, cfg.teacher.batch_size, crop=cfg.teacher.crop)
+    loader = _loader(cfg, cfg.teacher.batch_size, crop=cfg.teacher.crop, scale=cfg.teacher.scale)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
                          cfg.stage_steps("teacher"), cfg.train, RunLayout(run_dir).checkpoints("teacher"),
@@ -185,7 +185,7 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     if cfg.loss.dynamic_weights:  # the objective names the terms it returns
         dynamic = DynamicWeights(objective.term_names, temperature=cfg.loss.dynamic_temperature)
     optimizer = _optimizer(objective, cfg.student.lr, cfg.student.weight_decay)
-    loader = _loader(cfg, cfg.student.batch_size, crop=cfg.student.crop)
+    loader = _loader(cfg, cfg.student.batch_size, crop=cfg.student.crop, scale=cfg.student.scale)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
 
     def forward(batch: dict):
