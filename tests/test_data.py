@@ -219,6 +219,13 @@ def test_rescale_averages_2x2_blocks_and_takes_each_blocks_top_left_label():
     assert PairedRescale(1.0)({"ir": ir})["ir"] is ir
     with pytest.raises(ValueError, match="scale"):
         PairedRescale(0)
+    sizes = [PairedRescale(0.5, 1.0)({"ir": torch.rand(1, 40, 40)}, generator=torch.Generator().manual_seed(i))
+             ["ir"].shape[-1] for i in range(20)]
+    assert len(set(sizes)) > 5 and 20 <= min(sizes) and max(sizes) <= 40   # a factor per draw in [0.5, 1]
+    assert sizes == [PairedRescale(0.5, 1.0)({"ir": torch.rand(1, 40, 40)}, generator=torch.Generator().manual_seed(i))
+                     ["ir"].shape[-1] for i in range(20)]                    # from the generator alone
+    with pytest.raises(ValueError, match="scale_max"):
+        PairedRescale(0.5, 0.4)
     tf = train_transform(crop=2, hflip=0.0, scale=0.5)  # rescale first: the one 2x2 window is the whole
     x = torch.rand(1, 4, 4, dtype=torch.float64)         # rescaled image, not 4 raw pixels
     torch.testing.assert_close(tf({"ir": x})["ir"], x.view(1, 2, 2, 2, 2).mean(dim=(2, 4)))

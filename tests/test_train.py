@@ -304,16 +304,33 @@ def test_stage_crop_overrides_the_data_crop():
 
     cfg = load_config(overrides=["data.crop=32", "student.crop=48", "data.synthetic=4", "data.synthetic_size=64"])
     assert cfg.teacher.crop is None and cfg.student.crop == 48
-    teacher_batch = next(iter(stages._loader(cfg, 2, crop=cfg.teacher.crop)))
-    student_batch = next(iter(stages._loader(cfg, 2, crop=cfg.student.crop)))
+    teacher_batch = next(iter(stages._loader(cfg, 2, cfg.teacher)))
+    student_batch = next(iter(stages._loader(cfg, 2, cfg.student)))
     assert teacher_batch["ir"].shape[-2:] == (32, 32)
     assert student_batch["ir"].shape[-2:] == student_batch["vis_y"].shape[-2:] == (48, 48)
     with pytest.raises(ConfigError, match="student.crop"):
         load_config(overrides=["student.crop=0"])
-    half = load_config(overrides=["data.crop=32", "student.scale=0.5", "data.synthetic=4", "data.synthetic_size=64"])
-    full = next(iter(stages._loader(half, 2, crop=64)))["ir"]
-    halved = next(iter(stages._loader(half, 2, crop=64, scale=half.student.scale)))["ir"]
-    assert full.shape[-2:] == (64, 64) and halved.shape[-2:] == (64, 64)   # 64x64 scenes at 0.5 are padded to 64
-    assert not torch.equal(full, halved)
+
+
+def test_stage_scale_resizes_training_pairs_before_the_crop():
+    """``student.scale`` 0.5: the stage's crops come from pairs at half size (a crop as large as the
+    halved pair is the whole pair, 2x2-block averaged); ``scale_max`` reaches the transform; bad
+    factors are refused."""
+    from dfsfuse.train import stages
+
+    over = ["data.synthetic=4", "data.synthetic_size=64", "data.repeat_real=0", "data.train=[]"]
+    cfg = load_config(overrides=over + ["student.crop=32", "student.scale=0.5"])
+    full_cfg = load_config(overrides=over + ["student.crop=64"])
+    halved = {s["name"]: s["ir"] for s in stages._loader(cfg, 1, cfg.student).dataset}
+    full = {s["name"]: s["ir"] for s in stages._loader(full_cfg, 1, full_cfg.student).dataset}
+    assert sorted(halved) == sorted(full) and len(full) == 4
+    for name, x in halved.items():  # same seed, same flips: the whole 64x64 scene averaged over 2x2 blocks
+        assert x.shape[-2:] == (32, 32)
+        torch.testing.assert_close(x, torch.nn.functional.avg_pool2d(full[name], 2))
+    rand = load_config(overrides=over + ["student.scale=0.5", "student.scale_max=1.0"])
+    rescale = stages._loader(rand, 1, rand.student).dataset.transform.transforms[0]
+    assert (rescale.scale, rescale.scale_max) == (0.5, 1.0)
     with pytest.raises(ConfigError, match="student.scale"):
         load_config(overrides=["student.scale=0"])
+    with pytest.raises(ConfigError, match="student.scale_max"):
+        load_config(overrides=["student.scale=0.5", "student.scale_max=0.4"])

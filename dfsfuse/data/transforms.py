@@ -67,20 +67,27 @@ class PairedRandomCrop:
 
 
 class PairedRescale:
-    """Resize every image (area averaging) and the label (nearest neighbour) by ``scale``.
+    """Resize every image (area averaging) and the label (nearest neighbour) by ``scale``, or by
+    a factor drawn uniformly from [``scale``, ``scale_max``] per sample.
 
     Matches how the semantic benchmark shrinks its sources (area for images, nearest for labels),
     so a network trained with ``scale`` 0.5 sees objects at the size the benchmark's segmenter sees.
     """
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, scale_max: Optional[float] = None) -> None:
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
+        if scale_max is not None and not scale_max >= scale:
+            raise ValueError(f"scale_max must be at least scale ({scale}), got {scale_max}")
         self.scale = float(scale)
+        self.scale_max = None if scale_max is None else float(scale_max)
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        scale = self.scale
+        if self.scale_max is not None:
+            scale += (self.scale_max - self.scale) * float(torch.rand((), generator=generator))
         h, w = sample["ir"].shape[-2:]
-        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
         if size == (h, w):
             return sample
         out = dict(sample)
@@ -130,10 +137,11 @@ class Compose:
         return sample
 
 
-def train_transform(crop: Optional[int], hflip: float = 0.5, vflip: float = 0.0, scale: float = 1.0) -> Compose:
-    """The usual training augmentation: rescale (if ``scale`` != 1), random crop (if ``crop``)
-    then random flips."""
-    steps: list = [PairedRescale(scale)] if scale != 1.0 else []
+def train_transform(crop: Optional[int], hflip: float = 0.5, vflip: float = 0.0, scale: float = 1.0,
+                    scale_max: Optional[float] = None) -> Compose:
+    """The usual training augmentation: rescale (by ``scale``, or a random factor up to
+    ``scale_max``), random crop (if ``crop``) then random flips."""
+    steps: list = [PairedRescale(scale, scale_max)] if scale != 1.0 or scale_max is not None else []
     if crop:
         steps.append(PairedRandomCrop(crop))
     steps.append(PairedRandomFlip(hflip, vflip))

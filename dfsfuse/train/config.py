@@ -108,6 +108,7 @@ class FusionStageConfig(StageConfig):
                                        # the seg CE context (msrs_semantic_cpu.yaml: student.crop 128)
     scale: float = 1.0                 # resize training pairs by this factor before cropping (area; labels
                                        # nearest). 0.5 shows MSRS at the 240x320 the semantic benchmark uses
+    scale_max: Optional[float] = None  # set: each sample's factor is drawn uniformly from [scale, scale_max]
 
 
 @dataclass
@@ -219,6 +220,9 @@ class RunConfig:
             scale = getattr(self, stage).scale
             if not 0 < scale <= 4:
                 raise ConfigError(f"{stage}.scale must be in (0, 4], got {scale}")
+            scale_max = getattr(self, stage).scale_max
+            if scale_max is not None and not scale <= scale_max <= 4:
+                raise ConfigError(f"{stage}.scale_max must be in [{stage}.scale, 4] (or null), got {scale_max}")
         if self.loss.seg_ce_cotrain > 0 and not self.data.labels:
             raise ConfigError("loss.seg_ce_cotrain > 0 trains a segmenter on labels: it needs data.labels=true")
         if self.train.cpu_threads is not None and self.train.cpu_threads < 0:

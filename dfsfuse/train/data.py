@@ -77,9 +77,10 @@ class SeededAugment(Dataset):
 
 
 def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = None,
-                        crop: Optional[int] = None, scale: float = 1.0) -> SeededAugment:
-    """Real pairs (repeated) + synthetic labelled scenes, resized by ``scale``, randomly cropped
-    (``crop``, default ``cfg.crop``) and flipped."""
+                        crop: Optional[int] = None, scale: float = 1.0,
+                        scale_max: Optional[float] = None) -> SeededAugment:
+    """Real pairs (repeated) + synthetic labelled scenes, resized by ``scale`` (or a random factor
+    in [``scale``, ``scale_max``]), randomly cropped (``crop``, default ``cfg.crop``) and flipped."""
     use_labels = cfg.labels if labels is None else labels
     parts: List[Dataset] = []
     for spec in cfg.train:
@@ -90,7 +91,8 @@ def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = Non
         parts.append(SyntheticScenes(cfg.synthetic, cfg.synthetic_size, seed=seed + 1, labels=use_labels))
     if not parts:
         raise DatasetError("data.train: no training data (all sets missing and data.synthetic = 0)")
-    return SeededAugment(ConcatDataset(parts), train_transform(cfg.crop if crop is None else crop, hflip=0.5, scale=scale), seed=seed)
+    return SeededAugment(ConcatDataset(parts), train_transform(cfg.crop if crop is None else crop, hflip=0.5, scale=scale,
+                                                                     scale_max=scale_max), seed=seed)
 
 
 def collate_samples(batch: List[Dict[str, object]]) -> Dict[str, object]:

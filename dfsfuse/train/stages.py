@@ -17,7 +17,7 @@ from ..export import from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
 from ..run_layout import RunLayout
-from .config import RunConfig
+from .config import FusionStageConfig, RunConfig
 from .data import build_train_dataset, collate_samples
 from .loop import StageResult, train_stage
 from .objectives import StudentObjective, TeacherObjective, freeze, restart_cotrained_segmenter
@@ -90,8 +90,10 @@ def build_models(cfg: RunConfig) -> Tuple[nn.Module, nn.Module, nn.Module]:
     return teacher, segmenter, student
 
 
-def _loader(cfg: RunConfig, batch_size: int, crop: Optional[int] = None, scale: float = 1.0) -> DataLoader:
-    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=crop, scale=scale)
+def _loader(cfg: RunConfig, batch_size: int, stage: Optional[FusionStageConfig] = None) -> DataLoader:
+    """The training loader of a fusion stage: its crop and scale where set, else ``cfg.data``'s."""
+    crop, scale, scale_max = (stage.crop, stage.scale, stage.scale_max) if stage is not None else (None, 1.0, None)
+    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=crop, scale=scale, scale_max=scale_max)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=collate_samples, num_workers=cfg.data.num_workers,
                       persistent_workers=False)
@@ -115,7 +117,7 @@ def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, 
         objective = TeacherObjective(teacher, segmenter, cfg.loss, train_segmenter=cfg.segmenter.finetune)
         dynamic = None
     optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
-    loader = _loader(cfg, cfg.teacher.batch_size, crop=cfg.teacher.crop, scale=cfg.teacher.scale)
+    loader = _loader(cfg, cfg.teacher.batch_size, cfg.teacher)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
                          cfg.stage_steps("teacher"), cfg.train, RunLayout(run_dir).checkpoints("teacher"),
@@ -185,7 +187,7 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     if cfg.loss.dynamic_weights:  # the objective names the terms it returns
         dynamic = DynamicWeights(objective.term_names, temperature=cfg.loss.dynamic_temperature)
     optimizer = _optimizer(objective, cfg.student.lr, cfg.student.weight_decay)
-    loader = _loader(cfg, cfg.student.batch_size, crop=cfg.student.crop, scale=cfg.student.scale)
+    loader = _loader(cfg, cfg.student.batch_size, cfg.student)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
 
     def forward(batch: dict):
