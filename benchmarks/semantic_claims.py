@@ -6,6 +6,7 @@ against each ``--against`` kind over their common seeds (:mod:`dfsfuse.seed_clai
 
 - paired: above it in every seed (the benchmark gives every kind the same seeds);
 - unpaired (strict): its worst seed above the other's best;
+- the mean per-seed difference and its one-sided 95% lower confidence bound (Student's t);
 - with ``--teacher``: mean mIoU at least ``--ratio`` (0.95) of the teacher's.
 
 ::
@@ -68,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = Table(title=f"{args.subject} vs other inputs, mIoU on {protocol['test_dir']} "
                         f"({protocol['steps']} steps of batch {protocol['batch_size']})")
     for column in ("vs", "seeds", "mean", "vs mean (worst..best)", "difference per seed", "paired",
-                   "strict margin"):
+                   "strict margin", "mean diff (95% low)"):
         table.add_column(column, justify="left" if column in ("vs", "seeds") else "right")
     for v in claims.versus:
         mean = sum(v.subject) / len(v.subject)
@@ -76,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         table.add_row(v.kind, ",".join(map(str, v.seeds)), f"{mean:.4f}",
                       f"{other:.4f} ({min(v.other):.4f}..{max(v.other):.4f})",
                       f"{min(v.differences):+.4f}..{max(v.differences):+.4f}",
-                      "yes" if v.paired else "no", f"{v.margin:+.4f}")
+                      "yes" if v.paired else "no", f"{v.margin:+.4f}",
+                      f"{v.mean_difference:+.4f} ({'n/a' if v.lower_bound is None else f'{v.lower_bound:+.4f}'})")
     console = Console(width=max(120, Console().width))
     counts = sorted({n for n in threads.values() if n is not None})
     if len(counts) > 1:

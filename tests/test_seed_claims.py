@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from conftest import REPO, load_script
@@ -65,9 +67,29 @@ def test_paired_and_strict_claims_against_a_hand_computation():
     assert by["ir"].paired and by["ir"].unpaired and by["ir"].margin == pytest.approx(0.165 - 0.16)
     assert claims.teacher_ratio == pytest.approx((0.515 / 3) / 0.17)
     assert claims.paired and not claims.unpaired
+    # differences 0.005, 0.01, 0.015: mean 0.01, sd 0.005, bound 0.01 - 2.920 * 0.005 / sqrt(3)
+    assert by["max"].mean_difference == pytest.approx(0.01)
+    assert by["max"].lower_bound == pytest.approx(0.01 - 2.920 * 0.005 / 3 ** 0.5)
     # A teacher well above the student breaks both claims.
     per_seed["teacher"] = {0: 0.2, 1: 0.2, 2: 0.2}
     assert not compare_kinds(per_seed, "student", ["ir"], teacher="teacher").paired
+
+
+def test_t_quantiles_match_a_numerical_integration_of_the_density():
+    """The table behind the confidence bound: P(T <= q) = 0.95 for each listed df, by Simpson's rule
+    on Student's density (an independent computation)."""
+    from math import gamma, pi, sqrt
+
+    from dfsfuse.seed_claims import T95_ONE_SIDED, mean_lower_bound
+
+    for df, q in enumerate(T95_ONE_SIDED, start=1):
+        x = np.linspace(0.0, q, 20001)
+        pdf = gamma((df + 1) / 2) / (sqrt(df * pi) * gamma(df / 2)) * (1 + x ** 2 / df) ** (-(df + 1) / 2)
+        h = x[1] - x[0]
+        area = h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
+        assert 0.5 + area == pytest.approx(0.95, abs=2e-4), df
+    assert mean_lower_bound([0.1]) is None
+    assert mean_lower_bound([0.1, 0.1, 0.1]) == pytest.approx(0.1)
 
 
 def test_only_common_seeds_are_compared_and_unknown_kinds_are_errors():
