@@ -91,8 +91,8 @@ def build_train_dataset(cfg: DataConfig, seed: int, labels: Optional[bool] = Non
         parts.append(SyntheticScenes(cfg.synthetic, cfg.synthetic_size, seed=seed + 1, labels=use_labels))
     if not parts:
         raise DatasetError("data.train: no training data (all sets missing and data.synthetic = 0)")
-    return SeededAugment(ConcatDataset(parts), train_transform(cfg.crop if crop is None else crop, hflip=0.5, scale=scale,
-                                                                     scale_max=scale_max), seed=seed)
+    transform = train_transform(cfg.crop if crop is None else crop, hflip=0.5, scale=scale, scale_max=scale_max)
+    return SeededAugment(ConcatDataset(parts), transform, seed=seed)
 
 
 def collate_samples(batch: List[Dict[str, object]]) -> Dict[str, object]:
