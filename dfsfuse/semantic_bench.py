@@ -34,6 +34,7 @@ from .atomic import atomic_path, finite_json, write_json_atomic
 from .baselines import IR_CONTRAST_GAIN, REGION_CONTRAST_GAIN, baseline_fusion
 from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
+from .data.transforms import resize_image, resize_label
 from .metrics.segmentation import ConfusionMatrix
 
 Size = Tuple[int, int]
@@ -155,18 +156,6 @@ class LabelledSplit:
         return len(self.names)
 
 
-def _resize_image(x: Tensor, size: Optional[Size]) -> Tensor:
-    if size is None or tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x[None].float(), size=size, mode="area")[0]
-
-
-def _resize_label(label: Tensor, size: Optional[Size]) -> Tensor:
-    if size is None or tuple(label.shape) == tuple(size):
-        return label
-    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-
-
 def _to_u8(x: Tensor) -> Tensor:
     """[0, 1] floats → uint8 rounded half to even, as a fused image is saved."""
     return torch.round(x.float() * 255.0).clamp(0, 255).to(torch.uint8)
@@ -195,10 +184,10 @@ def load_labelled_split(root: os.PathLike, size: Optional[Size] = None) -> Label
     for sample in dataset:
         split.names.append(sample["name"])
         split.native.append(tuple(sample["ir"].shape[-2:]))
-        split.ir.append(_to_u8(_resize_image(sample["ir"], size)))
-        split.vis.append(_to_u8(_resize_image(sample["vis_y"], size)))
-        split.cbcr.append(_resize_image(sample["vis_cbcr"], size).float())
-        split.labels.append(_resize_label(sample["label"], size))
+        split.ir.append(_to_u8(resize_image(sample["ir"], size)))
+        split.vis.append(_to_u8(resize_image(sample["vis_y"], size)))
+        split.cbcr.append(resize_image(sample["vis_cbcr"], size).float())
+        split.labels.append(resize_label(sample["label"], size))
     return split
 
 
@@ -271,7 +260,7 @@ def render(kind: InputKind, split: LabelledSplit, batch_size: int = 4,
             if gray.shape != tuple(native):
                 raise DatasetError(f"{files[name]}: size {gray.shape[1]}x{gray.shape[0]} does not match the pair's "
                                    f"{native[1]}x{native[0]}")
-            image = _to_u8(_resize_image(torch.from_numpy(gray / np.float32(255.0))[None], tuple(ir.shape[-2:])))
+            image = _to_u8(resize_image(torch.from_numpy(gray / np.float32(255.0))[None], tuple(ir.shape[-2:])))
             out.append(image)
             if on_image:
                 on_image()

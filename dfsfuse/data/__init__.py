@@ -18,7 +18,7 @@ _EXPORTS = {
     "shared_data_root": "shared",
     "CLASS_NAMES": "synthetic", "SceneConfig": "synthetic", "SyntheticScenes": "synthetic", "make_scene": "synthetic",
     "Compose": "transforms", "PairedRandomCrop": "transforms", "PairedRandomFlip": "transforms",
-    "PairedRescale": "transforms",
+    "PairedRescale": "transforms", "resize_image": "transforms", "resize_label": "transforms",
     "train_transform": "transforms",
 }
 

@@ -66,6 +66,22 @@ class PairedRandomCrop:
         return out
 
 
+def resize_image(x: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """``x`` (C, H, W) resized to ``size`` by area averaging, as float32; unchanged when ``size`` is
+    ``None`` or already its size. The semantic benchmark shrinks its sources with this too."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None].float(), size=size, mode="area")[0]
+
+
+def resize_label(label: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """Class-index map ``label`` (H, W) resized to ``size`` by nearest neighbour, as int64;
+    unchanged when ``size`` is ``None`` or already its size."""
+    if size is None or tuple(label.shape) == tuple(size):
+        return label
+    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
 class PairedRescale:
     """Resize every image (area averaging) and the label (nearest neighbour) by ``scale``, or by
     a factor drawn uniformly from [``scale``, ``scale_max``] per sample.
@@ -93,11 +109,9 @@ class PairedRescale:
         out = dict(sample)
         for key in IMAGE_KEYS:
             if key in sample:
-                x = sample[key]
-                out[key] = F.interpolate(x.unsqueeze(0).float(), size=size, mode="area").squeeze(0).to(x.dtype)
+                out[key] = resize_image(sample[key], size).to(sample[key].dtype)
         if LABEL_KEY in sample:
-            label = sample[LABEL_KEY]
-            out[LABEL_KEY] = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(label.dtype)
+            out[LABEL_KEY] = resize_label(sample[LABEL_KEY], size).to(sample[LABEL_KEY].dtype)
         return out
 
 

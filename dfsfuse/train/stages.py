@@ -90,10 +90,10 @@ def build_models(cfg: RunConfig) -> Tuple[nn.Module, nn.Module, nn.Module]:
     return teacher, segmenter, student
 
 
-def _loader(cfg: RunConfig, batch_size: int, stage: Optional[FusionStageConfig] = None) -> DataLoader:
-    """The training loader of a fusion stage: its crop and scale where set, else ``cfg.data``'s."""
-    crop, scale, scale_max = (stage.crop, stage.scale, stage.scale_max) if stage is not None else (None, 1.0, None)
-    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=crop, scale=scale, scale_max=scale_max)
+def _loader(cfg: RunConfig, batch_size: int, stage: FusionStageConfig) -> DataLoader:
+    """The training loader of a fusion stage: its crop (``data.crop`` when unset) and scale."""
+    dataset = build_train_dataset(cfg.data, seed=cfg.train.seed, crop=stage.crop, scale=stage.scale,
+                                  scale_max=stage.scale_max)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=collate_samples, num_workers=cfg.data.num_workers,
                       persistent_workers=False)
