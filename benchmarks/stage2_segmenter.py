@@ -1,7 +1,8 @@
 """Probe: which segmenter the stage-2 seg CE looks through.
 
-Pre-trains a segmenter exactly as a recipe's stage 0 does (``segmenter.*`` of the config: crop,
-batch, learning rate, class-weighted CE, seed ``train.seed``) but on the labelled training pairs
+Pre-trains a segmenter exactly as a recipe's stage 0 does (one function for both:
+``dfsfuse.train.segmenter_stage.train_on_rules``; ``segmenter.*`` of the config: crop, batch,
+learning rate, class-weighted CE, seed ``train.seed``) but on the labelled training pairs
 rendered by *one or several* rules at once (the same labels repeated per rule), and writes it
 beside a copy of a teacher, so that stage 2 distils from that teacher while its semantic losses
 use this segmenter::
@@ -25,13 +26,11 @@ from pathlib import Path
 import torch
 
 from dfsfuse.export import save_pretrained
-from dfsfuse.losses import class_weights_from_labels
 from dfsfuse.models import create_model
 from dfsfuse.options import BASELINE_METHODS
-from dfsfuse.semantic_bench import SegBenchSettings, train_segmenter
 from dfsfuse.train.config import load_config
 from dfsfuse.train.progress import StageProgress
-from dfsfuse.train.segmenter_stage import labelled_training_pairs
+from dfsfuse.train.segmenter_stage import train_on_rules
 
 
 def main(argv=None) -> int:
@@ -52,27 +51,14 @@ def main(argv=None) -> int:
         p.error(f"{args.out / 'segmenter'} exists: choose another --out")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [])
-    images, labels = [], []
-    for rule in rules:
-        im, lb, used = labelled_training_pairs(cfg, rule)
-        images += im
-        labels += lb
-    weights = class_weights_from_labels(torch.cat([y.flatten() for y in labels]))
-    s = cfg.segmenter
-    settings = SegBenchSettings(size=None, crop=tuple(s.crop), steps=args.steps, batch_size=s.batch_size, lr=s.lr,
-                                weight_decay=s.weight_decay, warmup_steps=s.warmup_steps, seg_loss=cfg.loss.seg_loss)
-    settings.validate()
     model = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
     with StageProgress("segmenter", args.steps) as progress:
-        trained = train_segmenter(images, labels, settings, seed=cfg.train.seed, class_weights=list(weights),
-                                  on_step=progress.update, model=model)
+        trained, record = train_on_rules(cfg, rules, args.steps, model, on_step=progress.update)
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / "teacher").exists():
         shutil.copytree(args.teacher, args.out / "teacher")
-    save_pretrained(trained, args.out / "segmenter", role="segmenter", train_steps=args.steps,
-                    pretraining={"input": "+".join(rules), "datasets": used, "pairs": len(images),
-                                 "crop": list(s.crop), "seg_loss": cfg.loss.seg_loss})
-    print(f"wrote {args.out / 'segmenter'} ({len(images)} images: {', '.join(rules)}) beside {args.out / 'teacher'}")
+    save_pretrained(trained, args.out / "segmenter", role="segmenter", train_steps=args.steps, pretraining=record)
+    print(f"wrote {args.out / 'segmenter'} ({record['pairs']} images: {', '.join(rules)}) beside {args.out / 'teacher'}")
     return 0
 
 

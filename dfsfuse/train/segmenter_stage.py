@@ -16,7 +16,7 @@ during it trains the stage again from the start (it takes minutes, not hours).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from .config import RunConfig
 from .data import open_spec, spec_name
 from .progress import StageProgress
 
-__all__ = ["labelled_training_pairs", "pretrain_segmenter"]
+__all__ = ["labelled_training_pairs", "pretrain_segmenter", "train_on_rules"]
 
 
 def labelled_training_pairs(cfg: RunConfig, rule: str) -> Tuple[List[Tensor], List[Tensor], List[str]]:
@@ -60,29 +60,44 @@ def labelled_training_pairs(cfg: RunConfig, rule: str) -> Tuple[List[Tensor], Li
     return images, labels, used
 
 
+def train_on_rules(cfg: RunConfig, rules: Sequence[str], steps: int, segmenter: nn.Module, device: str = "cpu",
+                   on_step: Optional[Callable[[int, float], None]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Stage 0's training of ``segmenter`` for ``steps`` steps (``segmenter.*`` crop, batch and
+    optimiser, seed ``train.seed``, ``loss.seg_loss`` with class weights from these labels) on the
+    labelled pairs of ``data.train`` fused by each of ``rules`` (the labels repeated per rule);
+    returns the trained model and the ``pretraining`` record its card keeps."""
+    stage = cfg.segmenter
+    images: List[Tensor] = []
+    labels: List[Tensor] = []
+    for rule in rules:
+        rule_images, rule_labels, used = labelled_training_pairs(cfg, rule)
+        images += rule_images
+        labels += rule_labels
+    weights = class_weights_from_labels(torch.cat([y.flatten() for y in labels]))
+    settings = SegBenchSettings(size=None, crop=tuple(stage.crop), steps=steps, batch_size=stage.batch_size,
+                                lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
+                                seg_loss=cfg.loss.seg_loss, device=device)
+    settings.validate()
+    trained = train_segmenter(images, labels, settings, seed=cfg.train.seed, class_weights=list(weights),
+                              on_step=on_step, model=segmenter)
+    return trained, {"input": "+".join(rules), "datasets": used, "pairs": len(images), "crop": list(stage.crop),
+                     "seg_loss": cfg.loss.seg_loss}
+
+
 def pretrain_segmenter(accelerator: Accelerator, cfg: RunConfig, segmenter: nn.Module, run_dir: Path,
                        resume: bool = False) -> nn.Module:
     """Stage 0 (``segmenter.steps > 0``): train ``segmenter`` on labelled pairs fused by
     ``segmenter.input``; returns it with the trained weights (every process), saved in the run."""
-    stage = cfg.segmenter
     steps = cfg.stage_steps("segmenter")
     if steps <= 0:
         return segmenter
     out = RunLayout(run_dir).segmenter_init
     if not (resume and RunLayout.is_model_dir(out)):
         if accelerator.is_main_process:
-            images, labels, used = labelled_training_pairs(cfg, stage.input)
-            weights = class_weights_from_labels(torch.cat([y.flatten() for y in labels]))
-            settings = SegBenchSettings(size=None, crop=tuple(stage.crop), steps=steps, batch_size=stage.batch_size,
-                                        lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-                                        seg_loss=cfg.loss.seg_loss, device=str(accelerator.device))
-            settings.validate()
             with StageProgress("segmenter", steps) as progress:
-                trained = train_segmenter(images, labels, settings, seed=cfg.train.seed, class_weights=list(weights),
-                                          on_step=progress.update, model=segmenter)
-            save_pretrained(trained, out, role="segmenter", train_steps=steps,
-                            pretraining={"input": stage.input, "datasets": used, "pairs": len(images),
-                                         "crop": list(stage.crop), "seg_loss": cfg.loss.seg_loss})
+                trained, record = train_on_rules(cfg, [cfg.segmenter.input], steps, segmenter,
+                                                 device=str(accelerator.device), on_step=progress.update)
+            save_pretrained(trained, out, role="segmenter", train_steps=steps, pretraining=record)
         accelerator.wait_for_everyone()
     loaded = from_pretrained(out, device=accelerator.device)
     segmenter.load_state_dict(loaded.state_dict())
