@@ -10,7 +10,8 @@ the frozen teacher through the distilled semantic loss, (3) evaluation of avg, m
 and student on held-out real pairs (``metrics.json``, ``comparison.png``) and segmentation
 mIoU on held-out synthetic scenes, (4) export of student and teacher (safetensors + config +
 model card), each loadable with ``dfsfuse.from_pretrained``. ``--resume`` continues an
-interrupted run from its latest checkpoint; ``--teacher DIR`` skips stage 1.
+interrupted run from its latest checkpoint; ``--teacher DIR`` skips stage 1; ``--segmenter DIR``
+replaces the teacher's segmenter in stage 2 and the evaluation.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -43,8 +45,8 @@ from dfsfuse.train.data import build_eval_sets
 from dfsfuse.train.loop import NonFiniteLossError, TrainingInterrupted
 from dfsfuse.train.segmenter_stage import pretrain_segmenter
 from dfsfuse.train.stages import (
-    RunDirExistsError, apply_cpu_threads, build_models, distill_student, load_teacher, make_accelerator, prepare_run_dir,
-    train_teacher,
+    RunDirExistsError, apply_cpu_threads, build_models, distill_student, load_class_segmenter, load_segmenter,
+    load_teacher, make_accelerator, prepare_run_dir, train_teacher,
 )
 
 TABLE_METRICS = ("EN", "SD", "SF", "AG", "MI", "VIF", "Qabf", "SSIM")
@@ -58,7 +60,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete what --output holds and start over")
     p.add_argument("--teacher", type=Path, default=None, help="exported teacher folder: skip stage 1")
-    return p.parse_intermixed_args(argv)
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="exported segmenter folder that stage 2 and the evaluation use instead of --teacher's")
+    args = p.parse_intermixed_args(argv)
+    if args.segmenter is not None and args.teacher is None:  # else the run's own segmenter card would describe it
+        p.error("--segmenter replaces an exported teacher's segmenter: it needs --teacher")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -67,6 +74,11 @@ def run(args: argparse.Namespace) -> dict:
     # default.yaml; a missing config is an error, never a silent fall-back to the dataclass defaults.
     config_path = args.config or Path(__file__).resolve().with_name("configs") / "default.yaml"
     cfg = load_config(config_path, args.overrides)
+    # Segmenter folders are read before the run folder is touched: a typo fails now (nothing
+    # overwritten), not after stage 1. Loaded on the CPU; stage 2 moves them to the device.
+    cpu = torch.device("cpu")
+    segmenter_override = load_segmenter(args.segmenter, cpu, "--segmenter") if args.segmenter else None
+    class_segmenter = load_class_segmenter(cfg, cpu)
     run_dir = prepare_run_dir(args.output, resume=args.resume, overwrite=args.overwrite)
     layout = RunLayout(run_dir)
     accelerator = make_accelerator(cfg, run_dir)
@@ -85,9 +97,13 @@ def run(args: argparse.Namespace) -> dict:
         train_teacher(accelerator, cfg, teacher, segmenter, run_dir, resume=args.resume)
     teacher, segmenter = load_teacher(teacher_dir, device)
     console.print(f"teacher: {teacher_dir}")
+    if segmenter_override is not None:
+        segmenter = segmenter_override
+        console.print(f"segmenter: {args.segmenter}")
 
     # Stage 2: distil the student from the frozen teacher.
-    result = distill_student(accelerator, cfg, teacher, segmenter, student, run_dir, resume=args.resume)
+    result = distill_student(accelerator, cfg, teacher, segmenter, student, run_dir, resume=args.resume,
+                             class_segmenter=class_segmenter)
     student = accelerator.unwrap_model(student).eval()
     if cfg.model.student_export_head:  # e.g. region-contrast → region-gain: drop the residual r
         student = convert_head(student, cfg.model.student_export_head).to(device)

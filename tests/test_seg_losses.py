@@ -289,3 +289,60 @@ def test_restarting_the_cotrained_segmenter_gives_fresh_weights_and_optimizer_st
         load_config(overrides=["loss.seg_ce_cotrain=1", "loss.seg_ce_cotrain_reset=-5"])
     with pytest.raises(ConfigError, match="needs loss.seg_ce_cotrain"):
         load_config(overrides=["loss.seg_ce_cotrain_reset=100"])
+
+
+def test_class_segmenter_reads_its_classes_for_the_seg_ce(tmp_path):
+    """``loss.seg_ce_class_segmenter``: the seg CE reads the class segmenter's logits on the pixels
+    labelled ``seg_ce_classes`` and the stage-2 segmenter's elsewhere (one weighted CE over both,
+    checked against an independent mix), the gradient reaches the student through both, ``seg_kl``
+    keeps the stage-2 segmenter, and bad values fail early with a one-line error."""
+    from dfsfuse.export import save_pretrained
+    from dfsfuse.models import create_model
+    from dfsfuse.train.config import ConfigError
+    from dfsfuse.train.objectives import StudentObjective, freeze
+    from dfsfuse.train.stages import load_class_segmenter
+
+    torch.manual_seed(0)
+    cfg = load_config(overrides=["loss.seg_ce=2", "loss.seg_kl=0.5", "loss.output=0", "loss.feature=0",
+                                 "loss.frequency=0", "loss.student_fusion=0", "loss.semantic_weighting=false",
+                                 "loss.seg_loss=weighted", "loss.seg_ce_classes=[person, bike]",
+                                 f"loss.seg_ce_class_segmenter={tmp_path / 'seg'}"])
+    assert cfg.loss.seg_ce_class_ids == [2, 3]
+    segmenter = freeze(create_model("segmenter", fpn_dim=8))
+    class_segmenter = create_model("segmenter", fpn_dim=8)
+    save_pretrained(class_segmenter, tmp_path / "seg", role="segmenter")
+    loaded = load_class_segmenter(cfg, torch.device("cpu"))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    student_net = create_model("student_fast", width=4)
+    objective = StudentObjective(student_net, student_net.feature_channels, cfg.loss).eval()
+    labels = torch.randint(0, 9, (2, 32, 32))
+    labels[0, :8] = 255
+    batch = {"ir": torch.rand(2, 1, 32, 32), "vis_y": torch.rand(2, 1, 32, 32), "label": labels}
+    with torch.no_grad():
+        teacher_out = create_model("student_fast", width=4)(batch["ir"], batch["vis_y"])
+        seg_t = segmenter(teacher_out.fused).logits
+    terms = objective(batch, teacher_out, seg_t, segmenter, loaded)
+    fused = student_net(batch["ir"], batch["vis_y"]).fused
+    main, other = segmenter(fused).logits, loaded(fused).logits
+    mixed = main.clone()
+    for b, y, x in ((labels == 2) | (labels == 3)).nonzero().tolist():  # pixel by pixel
+        mixed[b, :, y, x] = other[b, :, y, x]
+    ce = SegmentationCE(mode="weighted", ignore_index=255)
+    torch.testing.assert_close(terms["seg_ce"], 2 * ce(mixed, labels))
+    assert not torch.allclose(terms["seg_ce"], 2 * ce(main, labels))
+    plain = objective(batch, teacher_out, seg_t, segmenter)  # without it: the stage-2 segmenter alone
+    torch.testing.assert_close(plain["seg_ce"], 2 * ce(main, labels))
+    torch.testing.assert_close(terms["seg_kl"], plain["seg_kl"])
+    terms["seg_ce"].backward()
+    assert sum(p.grad.abs().sum() for p in student_net.parameters() if p.grad is not None) > 0
+    with pytest.raises(ConfigError, match="seg_ce_classes"):
+        load_config(overrides=["loss.seg_ce_classes=[pedestrian]"])
+    with pytest.raises(ConfigError, match="seg_ce > 0"):
+        load_config(overrides=["loss.seg_ce=0", "loss.seg_ce_class_segmenter=x"])
+    with pytest.raises(FileNotFoundError, match="no exported model"):
+        load_class_segmenter(load_config(overrides=[f"loss.seg_ce_class_segmenter={tmp_path / 'none'}"]),
+                             torch.device("cpu"))
+    save_pretrained(create_model("student_fast", width=4), tmp_path / "fusion", role="student")
+    with pytest.raises(ValueError, match="not a segmentation model"):
+        load_class_segmenter(load_config(overrides=[f"loss.seg_ce_class_segmenter={tmp_path / 'fusion'}"]),
+                             torch.device("cpu"))

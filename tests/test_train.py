@@ -218,6 +218,47 @@ def test_teacher_without_segmenter_needs_the_semantic_losses_off(tiny_run, tmp_p
     assert (tmp_path / "ok" / "student" / "model.safetensors").is_file()
 
 
+def test_segmenter_options_replace_the_segmenters_stage_2_reads(tiny_run, tmp_path, capsys):
+    """``--segmenter DIR`` replaces the teacher's segmenter in stage 2 (a copy of it trains the same
+    student, a different one another), ``loss.seg_ce_class_segmenter`` changes the student, and a
+    folder that holds no segmenter fails in one line before the run folder is touched."""
+    from dfsfuse.export import save_pretrained
+
+    teacher = tiny_run / "teacher"
+    args = [*TINY, "student.steps=2", "eval.sets=[]", "eval.synthetic=0", "--teacher", str(teacher)]
+    copy, other = tmp_path / "seg_copy", tmp_path / "seg_other"
+    copy.mkdir()
+    for f in (teacher / "segmenter").iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    torch.manual_seed(1)
+    save_pretrained(dfsfuse.models.create_model("segmenter", fpn_dim=8), other, role="segmenter")
+
+    def student(name: str, *extra: str) -> dict:
+        assert _recipe().main([*args, *extra, "--output", str(tmp_path / "runs" / name)]) == 0
+        return load_file(str(tmp_path / "runs" / name / "student" / "model.safetensors"))
+
+    base = student("base")
+    same = student("same", "--segmenter", str(copy))
+    assert all(torch.equal(base[k], same[k]) for k in base)
+    for name, extra in (("other", ["--segmenter", str(other)]),
+                        ("classes", [f"loss.seg_ce_class_segmenter={other}", "loss.seg_ce_classes=[car, person]"])):
+        changed = student(name, *extra)
+        assert any(not torch.equal(base[k], changed[k]) for k in base), name
+    capsys.readouterr()
+    keep = tmp_path / "runs" / "base" / "student" / "model.safetensors"
+    before = keep.read_bytes()
+    for extra in (["--segmenter", str(tmp_path / "missing")], ["--segmenter", str(teacher)],
+                  [f"loss.seg_ce_class_segmenter={tmp_path / 'missing'}"]):
+        assert _recipe().main([*args, *extra, "--output", str(tmp_path / "runs" / "base"), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("missing" in err or "not a segmentation model" in err), err
+        assert keep.read_bytes() == before
+    with pytest.raises(SystemExit):
+        _recipe().parse_args(["--segmenter", str(copy)])
+    assert "needs --teacher" in capsys.readouterr().err
+
+
 def test_student_export_head_converts_the_trained_student_before_evaluation_and_export(tiny_run, tmp_path, capsys):
     """``model.student_export_head=region-gain``: the student trains with ``region-contrast`` (its
     checkpoints keep r) and is evaluated and exported as ``convert_head`` of the last checkpoint; a

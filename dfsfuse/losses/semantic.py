@@ -242,7 +242,9 @@ class DistilledSemanticLoss(nn.Module):
         seg_student_logits: Tensor | None = None,
         seg_teacher_logits: Tensor | None = None,
         labels: Tensor | None = None,
+        seg_ce_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        """The weighted terms; ``seg_ce_logits`` (default ``seg_student_logits``) are what ``seg_ce`` reads."""
         weight = None
         if self.semantic_weighting:
             if seg_teacher_logits is None:
@@ -266,9 +268,10 @@ class DistilledSemanticLoss(nn.Module):
                 seg_student_logits, seg_teacher_logits, T=self.temperature
             )
         if self.w_seg_ce and labels is not None:
-            if seg_student_logits is None:
+            ce_logits = seg_ce_logits if seg_ce_logits is not None else seg_student_logits
+            if ce_logits is None:
                 raise ValueError("w_seg_ce > 0 with labels needs seg_student_logits")
-            terms["seg_ce"] = self.w_seg_ce * self.seg_criterion(seg_student_logits, labels)
+            terms["seg_ce"] = self.w_seg_ce * self.seg_criterion(ce_logits, labels)
         return terms
 
     def extra_repr(self) -> str:

@@ -152,6 +152,10 @@ class LossConfig:
     seg_ce_cotrain_reset: int = 0      # > 0: that segmenter restarts from fresh weights (and optimizer state)
                                        # every N student steps, so the student keeps hearing what a segmenter
                                        # early in its training needs, as a from-scratch segmenter on its fusions
+    seg_ce_class_segmenter: Optional[str] = None  # stage 2: an exported segmenter folder whose seg CE on the
+                                       # student's fusion replaces the stage-2 segmenter's on the pixels labelled
+                                       # seg_ce_classes (e.g. people seen by a segmenter pre-trained on IR)
+    seg_ce_classes: List[str] = field(default_factory=lambda: ["person"])  # class names (data.synthetic.CLASS_NAMES)
     temperature: float = 2.0
     semantic_weighting: bool = True
     class_importance: Optional[List[float]] = None
@@ -175,6 +179,21 @@ class LossConfig:
                               f"got {self.seg_ce_cotrain_reset}")
         if self.seg_ce_cotrain_reset > 0 and self.seg_ce_cotrain <= 0:
             raise ConfigError("loss.seg_ce_cotrain_reset restarts the co-trained segmenter: it needs loss.seg_ce_cotrain > 0")
+        from ..data.synthetic import CLASS_NAMES
+
+        unknown = [c for c in self.seg_ce_classes if c not in CLASS_NAMES[1:]]
+        if unknown or not self.seg_ce_classes:
+            raise ConfigError(f"loss.seg_ce_classes must name labelled classes ({', '.join(CLASS_NAMES[1:])}), "
+                              f"got {self.seg_ce_classes}")
+        if self.seg_ce_class_segmenter is not None and self.seg_ce <= 0:
+            raise ConfigError("loss.seg_ce_class_segmenter splits the seg CE between two segmenters: it needs loss.seg_ce > 0")
+
+    @property
+    def seg_ce_class_ids(self) -> List[int]:
+        """The label indices of ``seg_ce_classes``."""
+        from ..data.synthetic import CLASS_NAMES
+
+        return [CLASS_NAMES.index(c) for c in self.seg_ce_classes]
 
 
 @dataclass
@@ -225,6 +244,8 @@ class RunConfig:
                 raise ConfigError(f"{stage}.scale_max must be in [{stage}.scale, 4] (or null), got {scale_max}")
         if self.loss.seg_ce_cotrain > 0 and not self.data.labels:
             raise ConfigError("loss.seg_ce_cotrain > 0 trains a segmenter on labels: it needs data.labels=true")
+        if self.loss.seg_ce_class_segmenter is not None and not self.data.labels:
+            raise ConfigError("loss.seg_ce_class_segmenter splits the seg CE by label: it needs data.labels=true")
         if self.train.cpu_threads is not None and self.train.cpu_threads < 0:
             raise ConfigError(f"train.cpu_threads must be 0 (all CPUs) or more, got {self.train.cpu_threads}")
         export_head = self.model.student_export_head

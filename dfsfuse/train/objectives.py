@@ -120,12 +120,18 @@ class StudentObjective(nn.Module):
     ``cotrain_segmenter`` (trainable, part of this module, never exported) on the student's fusion.
     Both it and the student get that gradient, as in SeAFusion's joint training: the fusion learns
     what a segmenter *learning on it* needs, not only what a fixed, already trained one reads.
+
+    With a ``class_segmenter`` passed to :meth:`forward` (``loss.seg_ce_class_segmenter``), ``seg_ce``
+    reads that frozen segmenter's logits on the pixels labelled ``cfg.seg_ce_classes`` and the stage-2
+    segmenter's everywhere else: one CE, one normalisation, each class seen through the segmenter
+    that reads it best (people through one pre-trained on IR). ``seg_kl`` keeps the stage-2 segmenter.
     """
 
     def __init__(self, student: nn.Module, teacher_channels: Dict[str, int], cfg: LossConfig,
                  num_classes: int = 9, cotrain_segmenter: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.student = student
+        self.register_buffer("class_ids", torch.tensor(cfg.seg_ce_class_ids, dtype=torch.long), persistent=False)
         self.w_cotrain = float(cfg.seg_ce_cotrain)
         if self.w_cotrain > 0 and cotrain_segmenter is None:
             raise ValueError("loss.seg_ce_cotrain > 0 needs a segmenter to train with the student")
@@ -156,11 +162,15 @@ class StudentObjective(nn.Module):
         return [*self.distill.term_names, *consistency, *cotrain, *fusion]
 
     def forward(self, batch: dict, teacher_out, seg_teacher_logits: Optional[Tensor],
-                segmenter: Optional[nn.Module]) -> Dict[str, Tensor]:
+                segmenter: Optional[nn.Module], class_segmenter: Optional[nn.Module] = None) -> Dict[str, Tensor]:
         out = self.student(batch["ir"], batch["vis_y"])
         seg_student = segmenter(out.fused).logits if segmenter is not None and self.needs_segmenter else None
         labels = _labels_or_ignore(batch) if self.distill.w_seg_ce else None
-        terms = self.distill(out, teacher_out, seg_student, seg_teacher_logits, labels)
+        seg_ce_logits = None
+        if class_segmenter is not None and labels is not None and seg_student is not None:
+            by_class = torch.isin(labels, self.class_ids).unsqueeze(1)
+            seg_ce_logits = torch.where(by_class, class_segmenter(out.fused).logits, seg_student)
+        terms = self.distill(out, teacher_out, seg_student, seg_teacher_logits, labels, seg_ce_logits)
         if self.feature_head is not None:
             if seg_student is None:
                 raise ValueError("loss.student_consistency > 0 needs a segmenter")

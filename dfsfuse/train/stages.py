@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -147,6 +147,22 @@ def load_teacher(folder: Path, device: torch.device) -> Tuple[nn.Module, Optiona
     return teacher, segmenter
 
 
+def load_segmenter(folder: Union[str, Path], device: torch.device, option: str) -> nn.Module:
+    """A frozen segmentation model exported to ``folder``; errors name ``option`` (what gave the folder)."""
+    if not RunLayout.is_model_dir(folder):
+        raise FileNotFoundError(f"{option}: {folder} holds no exported model (config.json + model.safetensors)")
+    model = from_pretrained(folder, device=device)
+    if model_kind(model.arch_name) != "segmentation":
+        raise ValueError(f"{option}: {folder} is not a segmentation model")
+    return freeze(model)
+
+
+def load_class_segmenter(cfg: RunConfig, device: torch.device) -> Optional[nn.Module]:
+    """The frozen segmenter of ``loss.seg_ce_class_segmenter`` (``None`` when unset)."""
+    folder = cfg.loss.seg_ce_class_segmenter
+    return load_segmenter(folder, device, "loss.seg_ce_class_segmenter") if folder is not None else None
+
+
 def _cotrain_restarts(accelerator: Accelerator, objective: nn.Module, optimizer: torch.optim.Optimizer,
                       cfg: RunConfig) -> Optional[Callable[[int], None]]:
     """The ``on_step`` hook restarting the co-trained segmenter every ``loss.seg_ce_cotrain_reset`` steps
@@ -163,18 +179,21 @@ def _cotrain_restarts(accelerator: Accelerator, objective: nn.Module, optimizer:
 
 
 def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: Optional[nn.Module],
-                    student: nn.Module, run_dir: Path, resume: bool = False) -> StageResult:
+                    student: nn.Module, run_dir: Path, resume: bool = False,
+                    class_segmenter: Optional[nn.Module] = None) -> StageResult:
     """Stage 2: the student learns from the frozen teacher through the distilled semantic loss.
 
     The teacher and segmenter are frozen, in eval mode, run under ``no_grad`` for the
     teacher's side, and never passed to ``accelerator.prepare``. With ``loss.seg_ce_cotrain > 0`` a
     fresh segmenter trains beside the student (part of the objective and its checkpoints, not exported);
-    ``loss.seg_ce_cotrain_reset`` restarts it from fresh weights every that many steps.
+    ``loss.seg_ce_cotrain_reset`` restarts it from fresh weights every that many steps. A
+    ``class_segmenter`` (:func:`load_class_segmenter`) reads ``loss.seg_ce_classes`` for the seg CE.
     """
     set_seed(cfg.train.seed, device_specific=True)
     device = accelerator.device
     teacher = freeze(teacher).to(device)
     segmenter = freeze(segmenter).to(device) if segmenter is not None else None
+    class_segmenter = freeze(class_segmenter).to(device) if class_segmenter is not None else None
     cotrain = None
     if cfg.loss.seg_ce_cotrain > 0:  # fresh weights (seeded above), the stage-1 segmenter's architecture
         cotrain = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
@@ -194,7 +213,7 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
         with torch.no_grad(), accelerator.autocast():
             t_out = teacher(batch["ir"], batch["vis_y"])
             seg_t = segmenter(t_out.fused).logits if segmenter is not None else None
-        return objective(batch, t_out, seg_t, segmenter)
+        return objective(batch, t_out, seg_t, segmenter, class_segmenter)
 
     on_step = _cotrain_restarts(accelerator, objective, optimizer, cfg)  # None unless loss.seg_ce_cotrain_reset
     result = train_stage(accelerator, "student", objective, optimizer, loader, cfg.student,
