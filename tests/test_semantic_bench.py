@@ -401,32 +401,31 @@ def test_cpu_defaults_follow_the_affinity_mask(monkeypatch):
     assert default_workers() == 4
 
 
-def test_stage2_segmenter_trains_on_every_rule_and_sits_beside_a_teacher_copy(tiny, tmp_path, capsys):
-    """benchmarks/stage2_segmenter.py: one segmenter pre-trained on the labelled pairs rendered by
-    each of ``--rules`` (pairs × rules images), saved as ``OUT/segmenter`` beside a copy of the
-    teacher, where ``recipes/distill.py --teacher OUT/teacher`` finds it; an unknown rule or an
-    existing output is a one-line error."""
+def test_pretrain_segmenter_trains_on_every_rule_and_writes_a_model_folder(tiny, tmp_path, capsys):
+    """recipes/pretrain_segmenter.py: one segmenter pre-trained on the labelled pairs rendered by
+    each of ``--rules`` (pairs × rules images), written as a model folder with its pretraining
+    record (what ``distill.py --segmenter`` and ``loss.seg_ce_class_segmenter`` read); an unknown
+    rule or an existing output is a one-line error that writes nothing."""
     from dfsfuse.export import from_pretrained
-    from dfsfuse.run_layout import RunLayout
 
-    script = load_script(REPO / "benchmarks" / "stage2_segmenter.py", "stage2_segmenter")
+    script = load_script(REPO / "recipes" / "pretrain_segmenter.py", "pretrain_segmenter")
     config = tmp_path / "tiny.yaml"
     config.write_text(f"data:\n  train:\n    - {{root: {tiny['train']}, name: tiny}}\n  labels: true\n"
                       "model:\n  segmenter: segmenter\n  segmenter_kwargs: {backbone: mobilenetv3_small_050, fpn_dim: 8}\n"
                       "segmenter:\n  crop: [32, 32]\n  batch_size: 2\n")
-    out = tmp_path / "probe"
-    args = ["--rules", "ir,vis", "--out", str(out), "--config", str(config), "--teacher", str(tiny["root"] / "teacher"),
-            "--steps", "2"]
+    out = tmp_path / "seg_irvis"
+    args = ["--rules", "ir,vis", "--out", str(out), "--config", str(config), "--steps", "2"]
     assert script.main(args) == 0
-    card = json.loads((out / "segmenter" / "config.json").read_text())
+    card = json.loads((out / "config.json").read_text())
     assert card["pretraining"]["input"] == "ir+vis" and card["pretraining"]["pairs"] == 2 * 3
-    assert RunLayout.find_segmenter(out / "teacher") == out / "segmenter"
-    assert from_pretrained(out / "segmenter").num_classes == 9
-    assert (out / "teacher" / "model.safetensors").read_bytes() == (tiny["root"] / "teacher" / "model.safetensors").read_bytes()
+    assert card["role"] == "segmenter" and card["train_steps"] == 2
+    assert from_pretrained(out).num_classes == 9
     capsys.readouterr()
+    before = (out / "model.safetensors").read_bytes()
     with pytest.raises(SystemExit) as exc:
         script.main(args)
     assert exc.value.code == 2 and "exists" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
     with pytest.raises(SystemExit):
         script.main(["--rules", "ir,nope", "--out", str(tmp_path / "other")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
