@@ -123,8 +123,9 @@ class StudentObjective(nn.Module):
 
     With a ``class_segmenter`` passed to :meth:`forward` (``loss.seg_ce_class_segmenter``), ``seg_ce``
     reads that frozen segmenter's logits on the pixels labelled ``cfg.seg_ce_classes`` and the stage-2
-    segmenter's everywhere else: one CE, one normalisation, each class seen through the segmenter
-    that reads it best (people through one pre-trained on IR). ``seg_kl`` keeps the stage-2 segmenter.
+    segmenter's everywhere else: one CE, one normalisation, chosen classes seen through another
+    segmenter (e.g. people through one pre-trained on IR; measured in the README's semantic benchmark,
+    not adopted). ``seg_kl`` and the semantic weighting keep the stage-2 segmenter.
     """
 
     def __init__(self, student: nn.Module, teacher_channels: Dict[str, int], cfg: LossConfig,
