@@ -181,9 +181,9 @@ class LossConfig:
             raise ConfigError("loss.seg_ce_cotrain_reset restarts the co-trained segmenter: it needs loss.seg_ce_cotrain > 0")
         from ..data.synthetic import CLASS_NAMES
 
-        unknown = [c for c in self.seg_ce_classes if c not in CLASS_NAMES[1:]]
-        if unknown or not self.seg_ce_classes:
-            raise ConfigError(f"loss.seg_ce_classes must name labelled classes ({', '.join(CLASS_NAMES[1:])}), "
+        unknown = [c for c in self.seg_ce_classes if c not in CLASS_NAMES]
+        if unknown or not self.seg_ce_classes:  # "unlabeled" is MSRS's class 0 (background), not the ignore index
+            raise ConfigError(f"loss.seg_ce_classes must name classes ({', '.join(CLASS_NAMES)}), "
                               f"got {self.seg_ce_classes}")
         if self.seg_ce_class_segmenter is not None and self.seg_ce <= 0:
             raise ConfigError("loss.seg_ce_class_segmenter splits the seg CE between two segmenters: it needs loss.seg_ce > 0")
