@@ -65,6 +65,20 @@ def test_pairs_are_fused_by_the_rule_with_their_labels(labelled):
     assert set(labels[0].unique().tolist()) == {0, 1, 2}
 
 
+def test_pairs_at_a_size_are_shrunk_before_fusing_as_the_benchmark_does(labelled):
+    """``size``: sources area-resized then fused (not fused then resized), labels nearest."""
+    import torch.nn.functional as F
+
+    images, labels, _ = labelled_training_pairs(_cfg(labelled), "region-max", size=(32, 40))
+    assert images[0].shape == (1, 32, 40) and labels[0].shape == (32, 40)
+    ir = torch.from_numpy(np.asarray(Image.open(labelled / "ir" / "00000.png"), np.float32) / 255.0)
+    vis = torch.from_numpy(np.asarray(Image.open(labelled / "vi" / "00000.png").convert("L"), np.float32) / 255.0)
+    small = [(F.avg_pool2d(x[None, None], 2)[0, 0].numpy() * 255.0).astype(np.float32) for x in (ir, vis)]
+    np.testing.assert_allclose(images[0][0].numpy().astype(np.float32), baseline_fusion(*small, "region-max"), atol=1)
+    label = np.asarray(Image.open(labelled / "Segmentation_labels" / "00000.png"))
+    np.testing.assert_array_equal(labels[0].numpy(), label[::2, ::2])
+
+
 def test_pretraining_trains_saves_and_is_skipped_on_resume(labelled, tmp_path):
     cfg = _cfg(labelled)
     torch.manual_seed(0)

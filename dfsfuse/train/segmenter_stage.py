@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..baselines import baseline_fusion
 from ..data import DatasetError
+from ..data.transforms import resize_image, resize_label
 from ..export import from_pretrained, save_pretrained
 from ..losses import class_weights_from_labels
 from ..run_layout import RunLayout
@@ -36,9 +37,12 @@ from .progress import StageProgress
 __all__ = ["labelled_training_pairs", "pretrain_segmenter", "train_on_rules"]
 
 
-def labelled_training_pairs(cfg: RunConfig, rule: str) -> Tuple[List[Tensor], List[Tensor], List[str]]:
+def labelled_training_pairs(cfg: RunConfig, rule: str, size: Optional[Tuple[int, int]] = None
+                            ) -> Tuple[List[Tensor], List[Tensor], List[str]]:
     """Every labelled pair of ``data.train`` fused by ``rule``: (1×H×W uint8 images, H×W int64
-    labels, names of the sets used). Sets without labels are skipped; none at all is an error."""
+    labels, names of the sets used). Sets without labels are skipped; none at all is an error.
+    ``size`` (H, W) resizes the sources before fusing (area) and the labels (nearest), as the
+    semantic benchmark does; ``None`` keeps the native size."""
     images: List[Tensor] = []
     labels: List[Tensor] = []
     used: List[str] = []
@@ -49,10 +53,10 @@ def labelled_training_pairs(cfg: RunConfig, rule: str) -> Tuple[List[Tensor], Li
         for sample in dataset:
             if "label" not in sample:
                 continue
-            ir = (sample["ir"][0].numpy() * 255.0).astype(np.float32)
-            vis = (sample["vis_y"][0].numpy() * 255.0).astype(np.float32)
+            ir = (resize_image(sample["ir"], size)[0].numpy() * 255.0).astype(np.float32)
+            vis = (resize_image(sample["vis_y"], size)[0].numpy() * 255.0).astype(np.float32)
             images.append(torch.from_numpy(baseline_fusion(ir, vis, rule))[None])
-            labels.append(sample["label"])
+            labels.append(resize_label(sample["label"], size))
         used.append(spec_name(spec))
     if not images:
         raise DatasetError("segmenter.steps > 0 but no set in data.train has segmentation labels "
@@ -61,27 +65,30 @@ def labelled_training_pairs(cfg: RunConfig, rule: str) -> Tuple[List[Tensor], Li
 
 
 def train_on_rules(cfg: RunConfig, rules: Sequence[str], steps: int, segmenter: nn.Module, device: str = "cpu",
-                   on_step: Optional[Callable[[int, float], None]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+                   on_step: Optional[Callable[[int, float], None]] = None, size: Optional[Tuple[int, int]] = None,
+                   crop: Optional[Tuple[int, int]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Stage 0's training of ``segmenter`` for ``steps`` steps (``segmenter.*`` crop, batch and
     optimiser, seed ``train.seed``, ``loss.seg_loss`` with class weights from these labels) on the
     labelled pairs of ``data.train`` fused by each of ``rules`` (the labels repeated per rule);
-    returns the trained model and the ``pretraining`` record its card keeps."""
+    returns the trained model and the ``pretraining`` record its card keeps. ``size`` shrinks the
+    pairs before fusing (:func:`labelled_training_pairs`); ``crop`` replaces ``segmenter.crop``."""
     stage = cfg.segmenter
+    crop = tuple(crop) if crop is not None else tuple(stage.crop)
     images: List[Tensor] = []
     labels: List[Tensor] = []
     for rule in rules:
-        rule_images, rule_labels, used = labelled_training_pairs(cfg, rule)
+        rule_images, rule_labels, used = labelled_training_pairs(cfg, rule, size)
         images += rule_images
         labels += rule_labels
     weights = class_weights_from_labels(torch.cat([y.flatten() for y in labels]))
-    settings = SegBenchSettings(size=None, crop=tuple(stage.crop), steps=steps, batch_size=stage.batch_size,
+    settings = SegBenchSettings(size=None, crop=crop, steps=steps, batch_size=stage.batch_size,
                                 lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
                                 seg_loss=cfg.loss.seg_loss, device=device)
     settings.validate()
     trained = train_segmenter(images, labels, settings, seed=cfg.train.seed, class_weights=list(weights),
                               on_step=on_step, model=segmenter)
-    return trained, {"input": "+".join(rules), "datasets": used, "pairs": len(images), "crop": list(stage.crop),
-                     "seg_loss": cfg.loss.seg_loss}
+    return trained, {"input": "+".join(rules), "datasets": used, "pairs": len(images), "crop": list(crop),
+                     "size": list(size) if size is not None else "native", "seg_loss": cfg.loss.seg_loss}
 
 
 def pretrain_segmenter(accelerator: Accelerator, cfg: RunConfig, segmenter: nn.Module, run_dir: Path,
