@@ -19,15 +19,25 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Tuple
 
 import torch
 
+from dfsfuse.bench import parse_size
 from dfsfuse.export import save_pretrained
 from dfsfuse.models import create_model
 from dfsfuse.options import BASELINE_METHODS
 from dfsfuse.train.config import load_config
 from dfsfuse.train.progress import StageProgress
 from dfsfuse.train.segmenter_stage import train_on_rules
+
+
+def _size(text: str) -> Tuple[int, int]:
+    """``HxW`` as ``dfsfuse segbench --size`` reads it; a bad value is argparse's one-line error."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv=None) -> int:
@@ -38,19 +48,15 @@ def main(argv=None) -> int:
                    help="training data, segmenter architecture and segmenter.* settings")
     p.add_argument("--steps", type=int, default=900, help="default 900 (the config's stage 0 has 600 for one rule)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the numbers depend on it)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="shrink the pairs to H W before fusing (the semantic benchmark's 240 320); default native")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"),
-                   help="training crop (default: the config's segmenter.crop; the benchmark's is 160 224)")
+    p.add_argument("--size", type=_size, metavar="HxW",
+                   help="shrink the pairs to HxW before fusing (the semantic benchmark's 240x320); default native")
+    p.add_argument("--crop", type=_size, metavar="HxW",
+                   help="training crop (default: the config's segmenter.crop; the benchmark's is 160x224)")
     args = p.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
     bad = [r for r in rules if r not in BASELINE_METHODS]
     if bad or not rules:
         p.error(f"--rules: unknown rule {bad[0] if bad else '(none)'!r}; choose from {', '.join(BASELINE_METHODS)}")
-    for name in ("size", "crop"):
-        hw = getattr(args, name)
-        if hw is not None and min(hw) < 1:
-            p.error(f"--{name}: H and W must be positive, got {hw[0]} {hw[1]}")
     if args.out.exists():
         p.error(f"{args.out} exists: choose another --out")
     torch.set_num_threads(args.threads)
@@ -58,8 +64,7 @@ def main(argv=None) -> int:
     model = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
     with StageProgress("segmenter", args.steps) as progress:
         trained, record = train_on_rules(cfg, rules, args.steps, model, on_step=progress.update,
-                                         size=tuple(args.size) if args.size else None,
-                                         crop=tuple(args.crop) if args.crop else None)
+                                         size=args.size, crop=args.crop)
     save_pretrained(trained, args.out, role="segmenter", train_steps=args.steps, pretraining=record)
     print(f"wrote {args.out} ({record['pairs']} images: {', '.join(rules)})")
     return 0

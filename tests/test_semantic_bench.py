@@ -432,9 +432,9 @@ def test_pretrain_segmenter_trains_on_every_rule_and_writes_a_model_folder(tiny,
     assert "'nope'" in err and not (tmp_path / "other").exists()
     half = tmp_path / "seg_half"
     assert script.main(["--rules", "max", "--out", str(half), "--config", str(config), "--steps", "2",
-                        "--size", "32", "40", "--crop", "24", "32"]) == 0
+                        "--size", "32x40", "--crop", "24x32"]) == 0
     record = json.loads((half / "config.json").read_text())["pretraining"]
     assert record["size"] == [32, 40] and record["crop"] == [24, 32] and card["pretraining"]["size"] == "native"
     with pytest.raises(SystemExit):
-        script.main(["--rules", "max", "--out", str(tmp_path / "bad"), "--size", "0", "40"])
+        script.main(["--rules", "max", "--out", str(tmp_path / "bad"), "--size", "0x40"])
     assert "--size" in capsys.readouterr().err and not (tmp_path / "bad").exists()
