@@ -156,8 +156,8 @@ class LabelledSplit:
         return len(self.names)
 
 
-def _to_u8(x: Tensor) -> Tensor:
-    """[0, 1] floats → uint8 rounded half to even, as a fused image is saved."""
+def to_u8(x: Tensor) -> Tensor:
+    """[0, 1] floats → uint8 rounded half to even, as a fused image is saved (and a shrunk source is kept)."""
     return torch.round(x.float() * 255.0).clamp(0, 255).to(torch.uint8)
 
 
@@ -184,8 +184,8 @@ def load_labelled_split(root: os.PathLike, size: Optional[Size] = None) -> Label
     for sample in dataset:
         split.names.append(sample["name"])
         split.native.append(tuple(sample["ir"].shape[-2:]))
-        split.ir.append(_to_u8(resize_image(sample["ir"], size)))
-        split.vis.append(_to_u8(resize_image(sample["vis_y"], size)))
+        split.ir.append(to_u8(resize_image(sample["ir"], size)))
+        split.vis.append(to_u8(resize_image(sample["vis_y"], size)))
         split.cbcr.append(resize_image(sample["vis_cbcr"], size).float())
         split.labels.append(resize_label(sample["label"], size))
     return split
@@ -260,7 +260,7 @@ def render(kind: InputKind, split: LabelledSplit, batch_size: int = 4,
             if gray.shape != tuple(native):
                 raise DatasetError(f"{files[name]}: size {gray.shape[1]}x{gray.shape[0]} does not match the pair's "
                                    f"{native[1]}x{native[0]}")
-            image = _to_u8(resize_image(torch.from_numpy(gray / np.float32(255.0))[None], tuple(ir.shape[-2:])))
+            image = to_u8(resize_image(torch.from_numpy(gray / np.float32(255.0))[None], tuple(ir.shape[-2:])))
             out.append(image)
             if on_image:
                 on_image()
@@ -277,7 +277,7 @@ def render(kind: InputKind, split: LabelledSplit, batch_size: int = 4,
             group.append(order[i + len(group)])
         ir = torch.stack([split.ir[j] for j in group]).float().div(255.0).to(device)
         vis = torch.stack([split.vis[j] for j in group]).float().div(255.0).to(device)
-        fused = _to_u8(kind.model(ir, vis).fused.float().clamp(0, 1)).cpu()
+        fused = to_u8(kind.model(ir, vis).fused.float().clamp(0, 1)).cpu()
         for j, f in zip(group, fused):
             fused_by_index[j] = f
             if on_image:

@@ -61,6 +61,11 @@ def main(argv=None) -> int:
         p.error(f"{args.out} exists: choose another --out")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [])
+    crop = args.crop or tuple(cfg.segmenter.crop)
+    if args.size is not None and (crop[0] > args.size[0] or crop[1] > args.size[1]):
+        # the trainer would pad such a crop with ignored pixels: wasted steps, not what was meant
+        source = "--crop" if args.crop else f"segmenter.crop of {args.config}"
+        p.error(f"{source} {crop[0]}x{crop[1]} does not fit inside --size {args.size[0]}x{args.size[1]}")
     model = create_model(cfg.model.segmenter, **cfg.model.segmenter_kwargs)
     with StageProgress("segmenter", args.steps) as progress:
         trained, record = train_on_rules(cfg, rules, args.steps, model, on_step=progress.update,

@@ -66,14 +66,21 @@ def test_pairs_are_fused_by_the_rule_with_their_labels(labelled):
 
 
 def test_pairs_at_a_size_are_shrunk_before_fusing_as_the_benchmark_does(labelled):
-    """``size``: sources area-resized then fused (not fused then resized), labels nearest."""
+    """``size``: sources area-resized and rounded to 8 bits, then fused (not fused then resized),
+    labels nearest: pixel for pixel the semantic benchmark's training images for that rule."""
     import torch.nn.functional as F
+    from dfsfuse.semantic_bench import InputKind, load_labelled_split, render
 
     images, labels, _ = labelled_training_pairs(_cfg(labelled), "region-max", size=(32, 40))
     assert images[0].shape == (1, 32, 40) and labels[0].shape == (32, 40)
+    split = load_labelled_split(labelled, size=(32, 40))
+    bench = render(InputKind("region-max", rule="region-max"), split)
+    for ours, theirs in zip(images, bench):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    # Independently: a 2x average pool of the sources, rounded, then the rule; labels every second pixel.
     ir = torch.from_numpy(np.asarray(Image.open(labelled / "ir" / "00000.png"), np.float32) / 255.0)
     vis = torch.from_numpy(np.asarray(Image.open(labelled / "vi" / "00000.png").convert("L"), np.float32) / 255.0)
-    small = [(F.avg_pool2d(x[None, None], 2)[0, 0].numpy() * 255.0).astype(np.float32) for x in (ir, vis)]
+    small = [torch.round(F.avg_pool2d(x[None, None], 2)[0, 0] * 255.0).numpy() for x in (ir, vis)]
     np.testing.assert_allclose(images[0][0].numpy().astype(np.float32), baseline_fusion(*small, "region-max"), atol=1)
     label = np.asarray(Image.open(labelled / "Segmentation_labels" / "00000.png"))
     np.testing.assert_array_equal(labels[0].numpy(), label[::2, ::2])

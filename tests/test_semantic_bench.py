@@ -438,3 +438,10 @@ def test_pretrain_segmenter_trains_on_every_rule_and_writes_a_model_folder(tiny,
     with pytest.raises(SystemExit):
         script.main(["--rules", "max", "--out", str(tmp_path / "bad"), "--size", "0x40"])
     assert "--size" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # a crop larger than --size, given or the config's (32x32), is an error before any training
+    for size, extra, named in (("32x40", ["--crop", "24x48"], "--crop 24x48"), ("24x40", [], "segmenter.crop")):
+        with pytest.raises(SystemExit):
+            script.main(["--rules", "max", "--out", str(tmp_path / "bad"), "--config", str(config), "--steps", "2",
+                         "--size", size, *extra])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert named in err and f"does not fit inside --size {size}" in err and not (tmp_path / "bad").exists()

@@ -29,7 +29,7 @@ from ..data.transforms import resize_image, resize_label
 from ..export import from_pretrained, save_pretrained
 from ..losses import class_weights_from_labels
 from ..run_layout import RunLayout
-from ..semantic_bench import SegBenchSettings, train_segmenter
+from ..semantic_bench import SegBenchSettings, to_u8, train_segmenter
 from .config import RunConfig
 from .data import open_spec, spec_name
 from .progress import StageProgress
@@ -41,8 +41,9 @@ def labelled_training_pairs(cfg: RunConfig, rule: str, size: Optional[Tuple[int,
                             ) -> Tuple[List[Tensor], List[Tensor], List[str]]:
     """Every labelled pair of ``data.train`` fused by ``rule``: (1×H×W uint8 images, H×W int64
     labels, names of the sets used). Sets without labels are skipped; none at all is an error.
-    ``size`` (H, W) resizes the sources before fusing (area) and the labels (nearest), as the
-    semantic benchmark does; ``None`` keeps the native size."""
+    ``size`` (H, W) resizes the sources before fusing (area, rounded to 8 bits) and the labels
+    (nearest), as the semantic benchmark's :func:`~dfsfuse.semantic_bench.load_labelled_split` does;
+    ``None`` keeps the native size."""
     images: List[Tensor] = []
     labels: List[Tensor] = []
     used: List[str] = []
@@ -53,8 +54,7 @@ def labelled_training_pairs(cfg: RunConfig, rule: str, size: Optional[Tuple[int,
         for sample in dataset:
             if "label" not in sample:
                 continue
-            ir = (resize_image(sample["ir"], size)[0].numpy() * 255.0).astype(np.float32)
-            vis = (resize_image(sample["vis_y"], size)[0].numpy() * 255.0).astype(np.float32)
+            ir, vis = (to_u8(resize_image(sample[k], size))[0].numpy().astype(np.float32) for k in ("ir", "vis_y"))
             images.append(torch.from_numpy(baseline_fusion(ir, vis, rule))[None])
             labels.append(resize_label(sample["label"], size))
         used.append(spec_name(spec))
