@@ -98,6 +98,8 @@ class StageConfig:
     batch_size: int = 8                # global batch (split across processes)
     grad_accum: int = 1
     grad_clip: float = 1.0
+    ema: float = 0.0                   # > 0: the stage ends on a moving average of its weights (timm's
+                                       # ModelEmaV3 with warm-up, this decay), which is evaluated and exported
 
 
 @dataclass
@@ -232,6 +234,9 @@ class RunConfig:
             raise ConfigError(f"segmenter.input must be one of {', '.join(BASELINE_METHODS)}, got {self.segmenter.input!r}")
         if len(self.segmenter.crop) != 2 or min(self.segmenter.crop) < 1:
             raise ConfigError(f"segmenter.crop must be [height, width] with positive values, got {self.segmenter.crop}")
+        for stage in ("teacher", "student", "segmenter"):
+            if not 0.0 <= getattr(self, stage).ema < 1.0:
+                raise ConfigError(f"{stage}.ema must be in [0, 1) (0: off), got {getattr(self, stage).ema}")
         for stage in ("teacher", "student"):
             crop = getattr(self, stage).crop
             if crop is not None and crop < 1:

@@ -11,6 +11,9 @@ run resumable, interruptible and safe:
   augmentation of each sample depends only on (seed, epoch, index) (see ``SeededAugment``);
 * ``accelerator.save_state`` writes model/optimizer/RNG state, plus ``trainer_state.json``
   (step, batches, dynamic loss weights) into a temporary folder that is renamed when complete;
+* with ``stage.ema > 0`` a moving average of the weights (timm's ``ModelEmaV3``) is updated after
+  every optimizer step, saved beside each checkpoint (``ema.safetensors``) and copied into the
+  module when the stage ends, so what is evaluated and exported is the average, resumed or not;
 * SIGINT/SIGTERM finish the current step, save a checkpoint and raise :class:`TrainingInterrupted`;
 * a non-finite loss term stops the run naming the step and term (or skips the step).
 """
@@ -31,6 +34,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..losses.weighting import DynamicWeights
@@ -38,6 +42,7 @@ from .config import StageConfig, TrainConfig
 from .progress import StageProgress
 
 STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
 
 
 class TrainingInterrupted(RuntimeError):
@@ -118,8 +123,9 @@ def _params_finite(module: nn.Module) -> bool:
 
 
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict, module: nn.Module,
-                    keep: int) -> Optional[Path]:
-    """Atomically write checkpoint ``root/step_NNNNNN``; never one holding NaN weights."""
+                    keep: int, ema: Optional[nn.Module] = None) -> Optional[Path]:
+    """Atomically write checkpoint ``root/step_NNNNNN`` (with ``ema``'s weights when given);
+    never one holding NaN weights."""
     if not _params_finite(module):
         raise NonFiniteLossError(f"step {step}: parameters are not finite; refusing to write a checkpoint")
     final = root / f"step_{step:06d}"
@@ -132,6 +138,9 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema.module.state_dict().items()},
+                      str(tmp / EMA_FILE))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
@@ -181,6 +190,7 @@ def train_stage(
     """
     forward = forward or module
     step, batches, skipped = 0, 0, 0
+    ema = _moving_average(accelerator, module, stage.ema)
     if resume and checkpoint_dirs(checkpoint_root):
         latest = checkpoint_dirs(checkpoint_root)[-1]
         state = read_trainer_state(latest)
@@ -192,8 +202,11 @@ def train_stage(
         step, batches, skipped = int(state["step"]), int(state["batches"]), int(state.get("skipped", 0))
         if dynamic is not None and state.get("dynamic_weights"):
             dynamic.load_state_dict(state["dynamic_weights"])
+        if ema is not None:
+            _load_moving_average(ema, latest)
         accelerator.print(f"[{name}] resumed from {latest} at step {step}")
     if step >= steps:
+        _adopt_moving_average(accelerator, module, ema)
         return StageResult(name, step, 0.0)
 
     flag = _StopFlag()
@@ -244,6 +257,8 @@ def train_stage(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(module), step=step)
 
             # Terms are logged before dynamic weighting; "loss" is the weighted total that was optimised.
             keys = sorted(sums)  # every process returns the same terms, so one collective serves all
@@ -260,9 +275,36 @@ def train_stage(
             if step % train_cfg.checkpoint_every == 0 or step == steps or stop:
                 state = {"stage": name, "step": step, "batches": batches, "skipped": skipped,
                          "dynamic_weights": dynamic.state_dict() if dynamic is not None else None}
-                save_checkpoint(accelerator, checkpoint_root, step, state, module, train_cfg.keep_checkpoints)
+                save_checkpoint(accelerator, checkpoint_root, step, state, module, train_cfg.keep_checkpoints, ema)
             if stop:
                 raise TrainingInterrupted(
                     f"[{name}] stopped by signal {signal.Signals(flag.signum).name} at step {step}; "
                     f"checkpoint saved in {checkpoint_root}, continue with --resume")
+    _adopt_moving_average(accelerator, module, ema)
     return StageResult(name, step, time.time() - t0, last, skipped)
+
+
+def _moving_average(accelerator: Accelerator, module: nn.Module, decay: float) -> Optional[nn.Module]:
+    """timm's ``ModelEmaV3`` of the unwrapped ``module`` (weights and buffers) with its warm-up
+    (decay ``1 − k^(−2/3)`` at the k-th update, capped at ``decay``); ``None`` when ``decay`` is 0."""
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(accelerator.unwrap_model(module), decay=decay, use_warmup=True)
+
+
+def _load_moving_average(ema: nn.Module, checkpoint: Path) -> None:
+    path = checkpoint / EMA_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint}: no {EMA_FILE} (was the stage's ema turned on after this checkpoint?)")
+    try:
+        ema.module.load_state_dict(load_file(str(path)))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load the moving average ({type(exc).__name__})") from None
+
+
+def _adopt_moving_average(accelerator: Accelerator, module: nn.Module, ema: Optional[nn.Module]) -> None:
+    """The stage ends on the average: copy it into ``module`` (every process holds the same one)."""
+    if ema is not None:
+        accelerator.unwrap_model(module).load_state_dict(ema.module.state_dict())

@@ -83,7 +83,7 @@ def train_on_rules(cfg: RunConfig, rules: Sequence[str], steps: int, segmenter: 
     weights = class_weights_from_labels(torch.cat([y.flatten() for y in labels]))
     settings = SegBenchSettings(size=None, crop=crop, steps=steps, batch_size=stage.batch_size,
                                 lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-                                seg_loss=cfg.loss.seg_loss, device=device)
+                                seg_loss=cfg.loss.seg_loss, ema=stage.ema, device=device)
     settings.validate()
     trained = train_segmenter(images, labels, settings, seed=cfg.train.seed, class_weights=list(weights),
                               on_step=on_step, model=segmenter)
