@@ -35,6 +35,7 @@ from .baselines import IR_CONTRAST_GAIN, REGION_CONTRAST_GAIN, baseline_fusion
 from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
 from .data.transforms import resize_image, resize_label
+from .ema import moving_average
 from .metrics.segmentation import ConfusionMatrix
 
 Size = Tuple[int, int]
@@ -448,11 +449,7 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
-    ema = None
-    if settings.ema > 0:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=settings.ema, use_warmup=True)
+    ema = moving_average(model, settings.ema)
     g = torch.Generator().manual_seed(seed)
     order: List[int] = []
     for step in range(settings.steps):

@@ -37,6 +37,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..ema import moving_average
 from ..losses.weighting import DynamicWeights
 from .config import StageConfig, TrainConfig
 from .progress import StageProgress
@@ -190,7 +191,7 @@ def train_stage(
     """
     forward = forward or module
     step, batches, skipped = 0, 0, 0
-    ema = _moving_average(accelerator, module, stage.ema)
+    ema = moving_average(accelerator.unwrap_model(module), stage.ema)
     if resume and checkpoint_dirs(checkpoint_root):
         latest = checkpoint_dirs(checkpoint_root)[-1]
         state = read_trainer_state(latest)
@@ -282,16 +283,6 @@ def train_stage(
                     f"checkpoint saved in {checkpoint_root}, continue with --resume")
     _adopt_moving_average(accelerator, module, ema)
     return StageResult(name, step, time.time() - t0, last, skipped)
-
-
-def _moving_average(accelerator: Accelerator, module: nn.Module, decay: float) -> Optional[nn.Module]:
-    """timm's ``ModelEmaV3`` of the unwrapped ``module`` (weights and buffers) with its warm-up
-    (decay ``1 − k^(−2/3)`` at the k-th update, capped at ``decay``); ``None`` when ``decay`` is 0."""
-    if decay <= 0:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(accelerator.unwrap_model(module), decay=decay, use_warmup=True)
 
 
 def _load_moving_average(ema: nn.Module, checkpoint: Path) -> None:
