@@ -94,12 +94,16 @@ def torch_threads(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[str, Op
     return out
 
 
-def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Tuple[PerSeed, Dict[str, Any]]:
+def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]],
+                  aliases: Optional[Mapping[str, str]] = None) -> Tuple[PerSeed, Dict[str, Any]]:
     """Join ``(name, segbench JSON)`` documents into ``{kind: {seed: mIoU}}`` and their shared protocol.
 
+    ``aliases`` maps a kind's name in the files to the name it is merged under (one model measured
+    under two names in different runs, e.g. a ``--model`` folder that later became a built-in kind).
     Raises ``ValueError`` naming the file when a document's protocol differs from the first one's,
     or when two documents hold the same kind and seed with different numbers.
     """
+    aliases = dict(aliases or {})
     if not docs:
         raise ValueError("no results to merge")
     merged: PerSeed = {}
@@ -117,6 +121,7 @@ def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Tuple[PerSee
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{name}: {exc}") from None
         for kind, values in rows.items():
+            kind = aliases.get(kind, kind)
             for seed, miou in values.items():
                 known = merged.setdefault(kind, {}).get(seed)
                 if known is not None and abs(known - miou) > 1e-12:

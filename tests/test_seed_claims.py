@@ -141,3 +141,33 @@ def test_script_notes_mixed_thread_counts(tmp_path, capsys):
     assert json.loads(out.read_text())["torch_threads"] == {str(a): 1, str(b): 2}
     assert script.main([str(a), str(c), "--subject", "student"]) == 0
     assert "torch threads" not in capsys.readouterr().out
+
+
+def test_script_alias_merges_one_model_measured_under_two_names(tmp_path, capsys):
+    """A model benchmarked as ``--model v2=DIR`` for some seeds and as a built-in kind for others
+    merges into one row with ``--alias``; a conflicting number for a shared seed is still refused."""
+    script = load_script(REPO / "benchmarks" / "semantic_claims.py", "semantic_claims")
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(doc({"ir": [0.15, 0.16, 0.155, 0.15], "vis": [0.14, 0.17, 0.15, 0.16],
+                                 "max": [0.16, 0.15, 0.14, 0.17]}, [0, 1, 2, 3])))
+    b.write_text(json.dumps(doc({"v2": [0.18, 0.175]}, [0, 1])))
+    c.write_text(json.dumps(doc({"student": [0.172, 0.165]}, [2, 3])))
+    out = tmp_path / "claims.json"
+    assert script.main([str(a), str(b), str(c), "--subject", "student", "--alias", "v2=student",
+                        "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["miou_per_seed"]["student"] == {"0": 0.18, "1": 0.175, "2": 0.172, "3": 0.165}
+    assert "v2" not in record["miou_per_seed"] and record["aliases"] == {"v2": "student"}
+    assert record["versus"][2]["seeds"] == [0, 1, 2, 3]
+    assert record["versus"][2]["margin"] == pytest.approx(0.165 - 0.17)
+    # Without the alias the subject has only seeds 2 and 3.
+    assert script.main([str(a), str(b), str(c), "--subject", "student", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["versus"][0]["seeds"] == [2, 3]
+    capsys.readouterr()
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps(doc({"student": [0.19]}, [0])))
+    assert script.main([str(a), str(b), str(clash), "--subject", "student", "--alias", "v2=student"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "clash.json" in err and "student seed 0" in err and "\n" not in err
+    assert script.main([str(a), "--subject", "student", "--alias", "v2"]) == 2
+    assert "--alias 'v2': expected OLD=NEW" in capsys.readouterr().err
