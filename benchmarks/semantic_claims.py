@@ -9,8 +9,9 @@ against each ``--against`` kind over their common seeds (:mod:`dfsfuse.seed_clai
 - the mean per-seed difference and its one-sided 95% lower confidence bound (Student's t);
 - with ``--teacher``: mean mIoU at least ``--ratio`` (0.95) of the teacher's.
 
-``--alias OLD=NEW`` merges a kind that a file names OLD under NEW (the same model benchmarked as a
-``--model`` folder in one run and as a built-in kind in another).
+``--rename FILE OLD NEW`` reads kind OLD of one result file as NEW (the same model benchmarked as a
+``--model`` folder in one run and as a built-in kind in another, while an older file uses the
+built-in name for another model).
 
 ::
 
@@ -43,22 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", help="kind whose mean mIoU the subject must keep --ratio of")
     parser.add_argument("--ratio", type=float, default=0.95, help="share of the teacher's mIoU to keep (default 0.95)")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every common seed)")
-    parser.add_argument("--alias", action="append", default=[], metavar="OLD=NEW",
-                        help="merge kind OLD of the files under the name NEW: one model measured under two "
-                             "names in different runs (repeatable)")
+    parser.add_argument("--rename", nargs=3, action="append", default=[], metavar=("FILE", "OLD", "NEW"),
+                        help="read kind OLD of result FILE as NEW: one model measured under two names in "
+                             "different runs (repeatable)")
     parser.add_argument("--json", type=Path, help="write the checks here")
     return parser
 
-
-def parse_aliases(specs: Sequence[str]) -> dict:
-    """``["OLD=NEW", ...]`` as ``{OLD: NEW}``; ``ValueError`` on a spec without two names."""
-    aliases = {}
-    for spec in specs:
-        old, sep, new = spec.partition("=")
-        if not sep or not old.strip() or not new.strip():
-            raise ValueError(f"--alias {spec!r}: expected OLD=NEW (two kind names)")
-        aliases[old.strip()] = new.strip()
-    return aliases
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -68,14 +59,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        aliases = parse_aliases(args.alias)
+        renames: dict = {}
+        for file, old, new in args.rename:
+            renames.setdefault(str(Path(file)), {})[old] = new
         docs = []
         for path in args.results:
             try:
                 docs.append((str(path), json.loads(path.read_text())))
             except (OSError, json.JSONDecodeError) as exc:
                 raise ValueError(f"{path}: cannot read a JSON result ({exc.__class__.__name__}: {exc})") from None
-        per_seed, protocol = merge_results(docs, aliases)
+        per_seed, protocol = merge_results(docs, renames)
         threads = torch_threads(docs)
         if args.seeds:
             per_seed = {k: {s: m for s, m in v.items() if s in args.seeds} for k, v in per_seed.items()}
@@ -111,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"strict claim (ranges apart): {'holds' if claims.unpaired else 'fails'}")
     if args.json:
         record = {"files": [str(p) for p in args.results], "protocol": protocol, "torch_threads": threads,
-                  "seeds_filter": args.seeds, "aliases": aliases,
+                  "seeds_filter": args.seeds, "renames": renames,
                   "miou_per_seed": {k: {str(s): m for s, m in sorted(v.items())} for k, v in per_seed.items()},
                   **claims.to_dict()}
         write_json_atomic(args.json, record)

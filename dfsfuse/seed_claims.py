@@ -95,15 +95,20 @@ def torch_threads(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[str, Op
 
 
 def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]],
-                  aliases: Optional[Mapping[str, str]] = None) -> Tuple[PerSeed, Dict[str, Any]]:
+                  renames: Optional[Mapping[str, Mapping[str, str]]] = None) -> Tuple[PerSeed, Dict[str, Any]]:
     """Join ``(name, segbench JSON)`` documents into ``{kind: {seed: mIoU}}`` and their shared protocol.
 
-    ``aliases`` maps a kind's name in the files to the name it is merged under (one model measured
-    under two names in different runs, e.g. a ``--model`` folder that later became a built-in kind).
+    ``renames`` maps a document's name to ``{kind in that document: name to merge it under}``: one
+    model measured under two names in different runs (a ``--model`` folder that later became a
+    built-in kind whose name an older file uses for another model).
     Raises ``ValueError`` naming the file when a document's protocol differs from the first one's,
-    or when two documents hold the same kind and seed with different numbers.
+    when two documents hold the same kind and seed with different numbers, or when a rename names
+    a document that is not given or a kind that document does not hold.
     """
-    aliases = dict(aliases or {})
+    renames = dict(renames or {})
+    unknown = sorted(set(renames) - {name for name, _ in docs})
+    if unknown:
+        raise ValueError(f"{unknown[0]}: renamed kinds in a file that is not among the results")
     if not docs:
         raise ValueError("no results to merge")
     merged: PerSeed = {}
@@ -120,8 +125,12 @@ def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]],
             rows = per_seed_miou(doc)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{name}: {exc}") from None
+        rename = renames.get(name, {})
+        missing = sorted(set(rename) - set(rows))
+        if missing:
+            raise ValueError(f"{name}: no kind {missing[0]!r} to rename (it holds {', '.join(sorted(rows))})")
         for kind, values in rows.items():
-            kind = aliases.get(kind, kind)
+            kind = rename.get(kind, kind)
             for seed, miou in values.items():
                 known = merged.setdefault(kind, {}).get(seed)
                 if known is not None and abs(known - miou) > 1e-12:

@@ -143,31 +143,34 @@ def test_script_notes_mixed_thread_counts(tmp_path, capsys):
     assert "torch threads" not in capsys.readouterr().out
 
 
-def test_script_alias_merges_one_model_measured_under_two_names(tmp_path, capsys):
-    """A model benchmarked as ``--model v2=DIR`` for some seeds and as a built-in kind for others
-    merges into one row with ``--alias``; a conflicting number for a shared seed is still refused."""
+def test_script_rename_merges_one_model_measured_under_two_names(tmp_path, capsys):
+    """A model benchmarked as ``--model v2=DIR`` for some seeds and as the built-in kind ``student``
+    for others, while an older file uses ``student`` for another model: ``--rename`` on the one
+    file merges the right rows; a conflicting number for a shared seed is still refused."""
     script = load_script(REPO / "benchmarks" / "semantic_claims.py", "semantic_claims")
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     a.write_text(json.dumps(doc({"ir": [0.15, 0.16, 0.155, 0.15], "vis": [0.14, 0.17, 0.15, 0.16],
-                                 "max": [0.16, 0.15, 0.14, 0.17]}, [0, 1, 2, 3])))
-    b.write_text(json.dumps(doc({"v2": [0.18, 0.175]}, [0, 1])))
-    c.write_text(json.dumps(doc({"student": [0.172, 0.165]}, [2, 3])))
+                                 "max": [0.16, 0.15, 0.14, 0.17], "student": [0.1, 0.1, 0.1, 0.1]},
+                                [0, 1, 2, 3])))  # "student" here is an older model
+    b.write_text(json.dumps(doc({"v2": [0.18, 0.175, 0.172, 0.165]}, [0, 1, 2, 3])))
+    c.write_text(json.dumps(doc({"student": [0.181, 0.166]}, [4, 5])))  # the same model as v2
+    c_ir = tmp_path / "c_ir.json"
+    c_ir.write_text(json.dumps(doc({"ir": [0.15, 0.15], "vis": [0.15, 0.16], "max": [0.15, 0.17]}, [4, 5])))
     out = tmp_path / "claims.json"
-    assert script.main([str(a), str(b), str(c), "--subject", "student", "--alias", "v2=student",
+    assert script.main([str(a), str(b), str(c), str(c_ir), "--subject", "v2", "--rename", str(c), "student", "v2",
                         "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert record["miou_per_seed"]["student"] == {"0": 0.18, "1": 0.175, "2": 0.172, "3": 0.165}
-    assert "v2" not in record["miou_per_seed"] and record["aliases"] == {"v2": "student"}
-    assert record["versus"][2]["seeds"] == [0, 1, 2, 3]
+    assert record["miou_per_seed"]["v2"] == {"0": 0.18, "1": 0.175, "2": 0.172, "3": 0.165, "4": 0.181, "5": 0.166}
+    assert record["miou_per_seed"]["student"] == {"0": 0.1, "1": 0.1, "2": 0.1, "3": 0.1}
+    assert record["renames"] == {str(c): {"student": "v2"}}
+    assert record["versus"][2]["seeds"] == [0, 1, 2, 3, 4, 5]
     assert record["versus"][2]["margin"] == pytest.approx(0.165 - 0.17)
-    # Without the alias the subject has only seeds 2 and 3.
-    assert script.main([str(a), str(b), str(c), "--subject", "student", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["versus"][0]["seeds"] == [2, 3]
     capsys.readouterr()
-    clash = tmp_path / "clash.json"
-    clash.write_text(json.dumps(doc({"student": [0.19]}, [0])))
-    assert script.main([str(a), str(b), str(clash), "--subject", "student", "--alias", "v2=student"]) == 2
+    # A global rename would have merged the older model too: the clash is refused, naming the file.
+    assert script.main([str(a), str(b), "--subject", "v2", "--rename", str(a), "student", "v2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "clash.json" in err and "student seed 0" in err and "\n" not in err
-    assert script.main([str(a), "--subject", "student", "--alias", "v2"]) == 2
-    assert "--alias 'v2': expected OLD=NEW" in capsys.readouterr().err
+    assert "b.json" in err and "v2 seed 0" in err and "\n" not in err
+    assert script.main([str(a), str(b), "--subject", "v2", "--rename", str(b), "nope", "v2"]) == 2
+    assert "no kind 'nope' to rename" in capsys.readouterr().err
+    assert script.main([str(a), str(b), "--subject", "v2", "--rename", str(c), "student", "v2"]) == 2
+    assert "not among the results" in capsys.readouterr().err
