@@ -6,7 +6,9 @@ against each ``--against`` kind over their common seeds (:mod:`dfsfuse.seed_clai
 
 - paired: above it in every seed (the benchmark gives every kind the same seeds);
 - unpaired (strict): its worst seed above the other's best;
-- the mean per-seed difference and its one-sided 95% lower confidence bound (Student's t);
+- the mean per-seed difference and its one-sided 95% lower confidence bound (Student's t), and
+  whether that bound is above zero against every kind (the reading that converges as seeds are
+  added; worst-against-best gets stricter with each seed);
 - with ``--teacher``: mean mIoU at least ``--ratio`` (0.95) of the teacher's.
 
 ``--rename FILE OLD NEW`` reads kind OLD of one result file as NEW (the same model benchmarked as a
@@ -101,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         console.print(f"{args.subject} / {claims.teacher} mean mIoU: {claims.teacher_ratio:.1%} "
                       f"(needed {args.ratio:.0%}; worst/best seed {claims.teacher_min_ratio:.1%})")
     console.print(f"paired claim (every seed): {'holds' if claims.paired else 'fails'}; "
-                  f"strict claim (ranges apart): {'holds' if claims.unpaired else 'fails'}")
+                  f"strict claim (ranges apart): {'holds' if claims.unpaired else 'fails'}; "
+                  f"mean lead beyond seed noise (95% lower bound > 0): {'holds' if claims.bounded else 'fails'}")
     if args.json:
         record = {"files": [str(p) for p in args.results], "protocol": protocol, "torch_threads": threads,
                   "seeds_filter": args.seeds, "renames": renames,

@@ -187,14 +187,23 @@ class Claims:
         """Worst seed above every other kind's best seed (and the teacher ratio, if any, is met)."""
         return all(v.unpaired for v in self.versus) and self._teacher_ok()
 
+    @property
+    def bounded(self) -> bool:
+        """The mean paired lead over every other kind is above zero at one-sided 95% (Student's t;
+        needs 2+ common seeds), and the teacher ratio, if any, is met. Unlike :attr:`unpaired`, whose
+        worst-against-best test gets stricter with every seed added, this converges as seeds are added."""
+        return (all(v.lower_bound is not None and v.lower_bound > 0 for v in self.versus)
+                and self._teacher_ok())
+
     def _teacher_ok(self) -> bool:
         return self.teacher_ratio is None or self.teacher_ratio >= self.ratio_needed
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain data: the subject, per-kind checks, the teacher ratio and both verdicts."""
+        """Plain data: the subject, per-kind checks, the teacher ratio and the three verdicts."""
         return {"subject": self.subject, "versus": [asdict(v) for v in self.versus], "teacher": self.teacher,
                 "teacher_ratio": self.teacher_ratio, "teacher_min_ratio": self.teacher_min_ratio,
-                "ratio_needed": self.ratio_needed, "paired": self.paired, "unpaired": self.unpaired}
+                "ratio_needed": self.ratio_needed, "paired": self.paired, "unpaired": self.unpaired,
+                "bounded": self.bounded}
 
 
 def compare_kinds(per_seed: PerSeed, subject: str, others: Sequence[str], teacher: Optional[str] = None,

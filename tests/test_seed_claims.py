@@ -70,9 +70,19 @@ def test_paired_and_strict_claims_against_a_hand_computation():
     # differences 0.005, 0.01, 0.015: mean 0.01, sd 0.005, bound 0.01 - 2.920 * 0.005 / sqrt(3)
     assert by["max"].mean_difference == pytest.approx(0.01)
     assert by["max"].lower_bound == pytest.approx(0.01 - 2.920 * 0.005 / 3 ** 0.5)
-    # A teacher well above the student breaks both claims.
+    # Both bounds are above zero (ir: differences 0.02, 0.011, 0.007), so the mean lead holds.
+    assert by["ir"].lower_bound > 0 and claims.bounded and claims.to_dict()["bounded"] is True
+    # A positive mean with a noisy difference (0.02, -0.01, 0.0: bound < 0) does not.
+    noisy = {"student": {0: 0.18, 1: 0.17, 2: 0.165}, "vis": {0: 0.16, 1: 0.18, 2: 0.165}}
+    (v,) = compare_kinds(noisy, "student", ["vis"]).versus
+    assert v.mean_difference > 0 and v.lower_bound < 0
+    assert not compare_kinds(noisy, "student", ["vis"]).bounded
+    # One common seed has no bound: not claimed.
+    assert not compare_kinds({"student": {0: 0.2}, "ir": {0: 0.1}}, "student", ["ir"]).bounded
+    # A teacher well above the student breaks every claim.
     per_seed["teacher"] = {0: 0.2, 1: 0.2, 2: 0.2}
-    assert not compare_kinds(per_seed, "student", ["ir"], teacher="teacher").paired
+    worse = compare_kinds(per_seed, "student", ["ir"], teacher="teacher")
+    assert not worse.paired and not worse.bounded
 
 
 def test_t_quantiles_match_a_numerical_integration_of_the_density():
