@@ -53,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Merge, check, print a table; 2 on unreadable or incomparable input."""
     from rich.console import Console
