@@ -176,7 +176,7 @@ def test_script_rename_merges_one_model_measured_under_two_names(tmp_path, capsy
     assert record["versus"][2]["seeds"] == [0, 1, 2, 3, 4, 5]
     assert record["versus"][2]["margin"] == pytest.approx(0.165 - 0.17)
     capsys.readouterr()
-    # A global rename would have merged the older model too: the clash is refused, naming the file.
+    # Renaming the wrong file (the older model) clashes with v2's own seeds: refused, naming the file.
     assert script.main([str(a), str(b), "--subject", "v2", "--rename", str(a), "student", "v2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "b.json" in err and "v2 seed 0" in err and "\n" not in err
