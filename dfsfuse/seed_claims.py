@@ -155,11 +155,13 @@ class Versus:
     margin: float = field(init=False)
     mean_difference: float = field(init=False)
     lower_bound: Optional[float] = field(init=False)   # one-sided 95% bound of the mean difference
+    bounded: bool = field(init=False)                  # that bound exists (2+ seeds) and is above zero
 
     def __post_init__(self) -> None:
         self.differences = [a - b for a, b in zip(self.subject, self.other)]
         self.mean_difference = float(np.mean(self.differences))
         self.lower_bound = mean_lower_bound(self.differences)
+        self.bounded = self.lower_bound is not None and self.lower_bound > 0
         self.paired = min(self.differences) > 0
         # Strict: worst subject seed minus best other seed (> 0: the ranges do not overlap).
         self.margin = min(self.subject) - max(self.other)
@@ -192,8 +194,7 @@ class Claims:
         """The mean paired lead over every other kind is above zero at one-sided 95% (Student's t;
         needs 2+ common seeds), and the teacher ratio, if any, is met. Unlike :attr:`unpaired`, whose
         worst-against-best test gets stricter with every seed added, this converges as seeds are added."""
-        return (all(v.lower_bound is not None and v.lower_bound > 0 for v in self.versus)
-                and self._teacher_ok())
+        return all(v.bounded for v in self.versus) and self._teacher_ok()
 
     def _teacher_ok(self) -> bool:
         return self.teacher_ratio is None or self.teacher_ratio >= self.ratio_needed

@@ -72,10 +72,11 @@ def test_paired_and_strict_claims_against_a_hand_computation():
     assert by["max"].lower_bound == pytest.approx(0.01 - 2.920 * 0.005 / 3 ** 0.5)
     # Both bounds are above zero (ir: differences 0.02, 0.011, 0.007), so the mean lead holds.
     assert by["ir"].lower_bound > 0 and claims.bounded and claims.to_dict()["bounded"] is True
+    assert by["ir"].bounded and by["max"].bounded
     # A positive mean with a noisy difference (0.02, -0.01, 0.0: bound < 0) does not.
     noisy = {"student": {0: 0.18, 1: 0.17, 2: 0.165}, "vis": {0: 0.16, 1: 0.18, 2: 0.165}}
     (v,) = compare_kinds(noisy, "student", ["vis"]).versus
-    assert v.mean_difference > 0 and v.lower_bound < 0
+    assert v.mean_difference > 0 and v.lower_bound < 0 and not v.bounded
     assert not compare_kinds(noisy, "student", ["vis"]).bounded
     # One common seed has no bound: not claimed.
     assert not compare_kinds({"student": {0: 0.2}, "ir": {0: 0.1}}, "student", ["ir"]).bounded
