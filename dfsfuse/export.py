@@ -6,6 +6,7 @@ Turning a training run into a publishable folder is :mod:`dfsfuse.publish`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -58,6 +59,16 @@ def model_config(model: nn.Module, **extra: Any) -> Dict[str, Any]:
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 """How floating-point weights may be stored on disk; loading always restores the model's float32."""
+
+
+def weights_sha256(folder: PathLike) -> str:
+    """SHA-256 (hex) of a model folder's ``model.safetensors``: names the exact weights a student
+    was distilled from, so a later run can tell whether it reads the same teacher."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS_NAME, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_pretrained(model: nn.Module, out_dir: PathLike, card: Optional[str] = None,

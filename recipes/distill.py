@@ -30,7 +30,7 @@ from rich.table import Table
 from dfsfuse.atomic import write_text_atomic
 from dfsfuse.card import render_card
 from dfsfuse.data.io import write_image
-from dfsfuse.export import CONFIG_NAME, save_pretrained
+from dfsfuse.export import CONFIG_NAME, save_pretrained, weights_sha256
 from dfsfuse.models.convert import convert_head
 from dfsfuse.run_layout import SAMPLE_NAME, RunLayout
 from dfsfuse.train.config import ConfigError, load_config
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> dict:
         pretrain_segmenter(accelerator, cfg, segmenter, run_dir, resume=args.resume)
         train_teacher(accelerator, cfg, teacher, segmenter, run_dir, resume=args.resume)
     teacher, segmenter = load_teacher(teacher_dir, device)
+    sources = frozen_sources(teacher_dir, args.segmenter or RunLayout.find_segmenter(teacher_dir),
+                             cfg.loss.seg_ce_class_segmenter)
     console.print(f"teacher: {teacher_dir}")
     if segmenter_override is not None:
         segmenter = segmenter_override
@@ -138,12 +140,14 @@ def run(args: argparse.Namespace) -> dict:
         files = {SAMPLE_NAME: layout.sample} if fusion.strips else {}
         card_metrics = {m: fusion.metrics[m] for m in ("avg", "max", "teacher", "student") if m in fusion.metrics}
         report = {**card_metrics, "segmentation_miou": miou, "segmentation": segmentation, "models": summaries,
+                  "distilled_from": sources,
                   "eval_seconds": round(fusion.seconds, 1), "wall_time_s": round(time.time() - t_start, 1)}
         training["wall time (s)"] = report["wall_time_s"]
         config = {"architecture": student.arch_name, "kwargs": student.arch_kwargs}
         seg_section = segmentation_markdown(segmentation)
+        distilled = "; ".join(f"{role} `{src['path']}` (weights SHA-256 {src['sha256']})" for role, src in sources.items())
         card = render_card("dfsfuse student", config, summary={**summaries["student"], "device": str(device)},
-                           metrics=card_metrics, training=training, sample_image=SAMPLE_NAME if files else None,
+                           metrics=card_metrics, training={**training, "distilled from": distilled}, sample_image=SAMPLE_NAME if files else None,
                            sections={"Segmentation of its fusion": seg_section} if seg_section else None)
         save_pretrained(student, layout.student, card=card, files=files, role="student")
         if args.teacher is None:  # this run trained the teacher (and segmenter): give them cards too
@@ -154,6 +158,17 @@ def run(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report
+
+
+def frozen_sources(teacher: Path, segmenter: Optional[Path], class_segmenter: Optional[str]) -> dict:
+    """Folder and weights hash (:func:`~dfsfuse.export.weights_sha256`) of each frozen model stage 2
+    reads, hashed when loaded: ``{"teacher": {"path", "sha256"}, "segmenter": ..., "class segmenter": ...}``
+    for the card and ``metrics.json``. A float16 copy of a teacher has another hash, and distils
+    another student (README, Semantic benchmark, "Retraining the shipped semantic student")."""
+    folders = {"teacher": teacher, "segmenter": segmenter,
+               "class segmenter": Path(class_segmenter) if class_segmenter else None}
+    return {role: {"path": str(folder), "sha256": weights_sha256(folder)}
+            for role, folder in folders.items() if folder is not None}
 
 
 def segmentation_markdown(segmentation: dict) -> str:

@@ -3,6 +3,7 @@ resume after an interrupted run, and 2-process (gloo) agreement with 1 process."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -241,10 +242,23 @@ def test_segmenter_options_replace_the_segmenters_stage_2_reads(tiny_run, tmp_pa
     base = student("base")
     same = student("same", "--segmenter", str(copy))
     assert all(torch.equal(base[k], same[k]) for k in base)
+    # metrics.json and the student's card name the exact weights stage 2 read: folder + SHA-256
+    sha = {f: hashlib.sha256((f / "model.safetensors").read_bytes()).hexdigest()
+           for f in (teacher, teacher / "segmenter", copy, other)}
+    sources = {n: json.loads((tmp_path / "runs" / n / "metrics.json").read_text())["distilled_from"]
+               for n in ("base", "same")}
+    assert sources["base"] == {"teacher": {"path": str(teacher), "sha256": sha[teacher]},
+                               "segmenter": {"path": str(teacher / "segmenter"), "sha256": sha[teacher / "segmenter"]}}
+    assert sources["same"]["segmenter"] == {"path": str(copy), "sha256": sha[teacher / "segmenter"]}
+    card = (tmp_path / "runs" / "same" / "student" / "README.md").read_text()
+    assert f"segmenter `{copy}` (weights SHA-256 {sha[copy]})" in card
     for name, extra in (("other", ["--segmenter", str(other)]),
                         ("classes", [f"loss.seg_ce_class_segmenter={other}", "loss.seg_ce_classes=[car, person]"])):
         changed = student(name, *extra)
         assert any(not torch.equal(base[k], changed[k]) for k in base), name
+        sources = json.loads((tmp_path / "runs" / name / "metrics.json").read_text())["distilled_from"]
+        role = "segmenter" if name == "other" else "class segmenter"
+        assert sources[role] == {"path": str(other), "sha256": sha[other]}, name
     capsys.readouterr()
     keep = tmp_path / "runs" / "base" / "student" / "model.safetensors"
     before = keep.read_bytes()
