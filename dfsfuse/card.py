@@ -103,6 +103,12 @@ def card_data(name: str, config: Mapping[str, Any], *, metrics: Optional[Mapping
     )
 
 
+def distilled_from_line(sources: Mapping[str, Mapping[str, str]]) -> str:
+    """The card's "distilled from" line for a run's ``metrics.json`` ``distilled_from``
+    (``{role: {"path", "sha256"}}``): each frozen model stage 2 read, by folder and weights hash."""
+    return "; ".join(f"{role} `{src['path']}` (weights SHA-256 {src['sha256']})" for role, src in sources.items())
+
+
 def render_card(name: str, config: Mapping[str, Any], *, summary: Optional[Mapping[str, Any]] = None,
                 metrics: Optional[Mapping[str, Any]] = None, training: Optional[Mapping[str, Any]] = None,
                 sample_image: Optional[str] = None, license: str = "mit", repo_id: Optional[str] = None,

@@ -298,6 +298,10 @@ def _training(source: StudentSource) -> Optional[Dict[str, Any]]:
                             "student steps": source.step, "recipe": "recipes/distill.py"}
     if source.metrics.get("wall_time_s") is not None:
         info["wall time (s)"] = source.metrics["wall_time_s"]
+    if source.metrics.get("distilled_from"):
+        from .card import distilled_from_line
+
+        info["distilled from"] = distilled_from_line(source.metrics["distilled_from"])
     info["config"] = config
     return {k: v for k, v in info.items() if v is not None}
 

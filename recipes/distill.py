@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dfsfuse.atomic import write_text_atomic
-from dfsfuse.card import render_card
+from dfsfuse.card import distilled_from_line, render_card
 from dfsfuse.data.io import write_image
 from dfsfuse.export import CONFIG_NAME, save_pretrained, weights_sha256
 from dfsfuse.models.convert import convert_head
@@ -145,9 +145,8 @@ def run(args: argparse.Namespace) -> dict:
         training["wall time (s)"] = report["wall_time_s"]
         config = {"architecture": student.arch_name, "kwargs": student.arch_kwargs}
         seg_section = segmentation_markdown(segmentation)
-        distilled = "; ".join(f"{role} `{src['path']}` (weights SHA-256 {src['sha256']})" for role, src in sources.items())
         card = render_card("dfsfuse student", config, summary={**summaries["student"], "device": str(device)},
-                           metrics=card_metrics, training={**training, "distilled from": distilled}, sample_image=SAMPLE_NAME if files else None,
+                           metrics=card_metrics, training={**training, "distilled from": distilled_from_line(sources)}, sample_image=SAMPLE_NAME if files else None,
                            sections={"Segmentation of its fusion": seg_section} if seg_section else None)
         save_pretrained(student, layout.student, card=card, files=files, role="student")
         if args.teacher is None:  # this run trained the teacher (and segmenter): give them cards too

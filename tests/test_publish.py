@@ -379,7 +379,7 @@ def make_run(root: Path) -> Path:
     metrics = {m: {"msrs_heldout": HELD_OUT} for m in ("avg", "max", "teacher", "student")}
     metrics.update(segmentation_miou={"teacher": 0.41, "student": 0.39, "ir": 0.2, "vis": 0.3},
                    models={"student": {"params": 999, "gmac": 0.1, "latency_ms": 12.5, "height": 48, "width": 64}},
-                   wall_time_s=42.0)
+                   wall_time_s=42.0, distilled_from={"teacher": {"path": "runs/x/teacher", "sha256": "ab" * 32}})
     (root / "metrics.json").write_text(json.dumps(metrics))
     Image.fromarray(np.full((8, 48), 128, np.uint8)).save(root / "comparison.png")
     save_pretrained(tiny_student(0), root / "student", role="student")
@@ -416,6 +416,7 @@ def test_export_run_folder_is_hub_ready(tmp_path, capsys):
     assert "| msrs_heldout | student | 6.5000 |" in card  # held-out metrics table
     assert "| 12.5 | 48×64 |" in card  # latency reused from the run, at its size
     assert "- **datasets**: msrs_bundled, synthetic scenes" in card
+    assert f"- **distilled from**: teacher `runs/x/teacher` (weights SHA-256 {'ab' * 32})" in card
     assert "recipe config" in card and "max_steps: 5" in card and "0.390" in card and "sample.png" in card
     assert ("## ONNX" in card) == HAS_ONNX
     config = json.loads((out / "config.json").read_text())
