@@ -145,8 +145,9 @@ def run(args: argparse.Namespace) -> dict:
         training["wall time (s)"] = report["wall_time_s"]
         config = {"architecture": student.arch_name, "kwargs": student.arch_kwargs}
         seg_section = segmentation_markdown(segmentation)
+        student_training = {**training, "distilled from": distilled_from_line(sources)}  # not the teacher's cards
         card = render_card("dfsfuse student", config, summary={**summaries["student"], "device": str(device)},
-                           metrics=card_metrics, training={**training, "distilled from": distilled_from_line(sources)}, sample_image=SAMPLE_NAME if files else None,
+                           metrics=card_metrics, training=student_training, sample_image=SAMPLE_NAME if files else None,
                            sections={"Segmentation of its fusion": seg_section} if seg_section else None)
         save_pretrained(student, layout.student, card=card, files=files, role="student")
         if args.teacher is None:  # this run trained the teacher (and segmenter): give them cards too
