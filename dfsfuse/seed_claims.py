@@ -29,9 +29,10 @@ import numpy as np
 
 # Settings that change what a segmenter learns: results that differ in any of them are not comparable.
 PROTOCOL_KEYS: Tuple[str, ...] = ("size", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps",
-                                  "segmenter", "seg_loss", "hflip", "ema", "class_crops", "test_dir", "train_dir")
+                                  "segmenter", "seg_loss", "hflip", "ema", "class_crops", "color", "test_dir",
+                                  "train_dir")
 # Defaults of settings that older result files do not record.
-_MISSING = {"ema": 0.0, "class_crops": 0.0}
+_MISSING = {"ema": 0.0, "class_crops": 0.0, "color": False}
 
 PerSeed = Dict[str, Dict[int, float]]
 

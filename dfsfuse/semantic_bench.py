@@ -77,7 +77,10 @@ class SegBenchSettings:
     (timm's ``ModelEmaV3`` with its warm-up), scored instead of the last weights; 0 = off;
     ``class_crops``: probability that a training crop is placed around a pixel of a labelled class
     drawn uniformly among the classes present in the image (rare classes seen as often as common
-    ones, in the spirit of DAFormer's rare-class sampling); 0 = plain random crops.
+    ones, in the spirit of DAFormer's rare-class sampling); 0 = plain random crops;
+    ``color``: the segmenter reads RGB, as SeAFusion's does — every kind's grey image recoloured
+    with the visible image's chroma (Y + VIS CbCr → RGB), IR alone as grey RGB — instead of the
+    grey image itself (False, the default every earlier number was measured with).
     """
 
     train_dir: str = ""
@@ -97,6 +100,12 @@ class SegBenchSettings:
     hflip: bool = True
     ema: float = 0.0
     class_crops: float = 0.0
+    color: bool = False
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the segmenters: 3 with ``color``, else 1."""
+        return 3 if self.color else 1
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot run."""
@@ -287,6 +296,18 @@ def render(kind: InputKind, split: LabelledSplit, batch_size: int = 4,
     return [fused_by_index[j] for j in range(len(split))]
 
 
+def colour_images(kind: InputKind, images: Sequence[Tensor], split: LabelledSplit) -> List[Tensor]:
+    """``images`` (1×H×W uint8, the split's pairs seen through ``kind``) as 3×H×W uint8 RGB, the way
+    SeAFusion's segmenter reads a fusion: the grey image is the luminance and the visible image
+    gives the chroma. IR alone has no visible chroma, so it becomes grey RGB (R = G = B)."""
+    from .data.color import colorize
+
+    if kind.rule == "ir":
+        return [image.expand(3, -1, -1).contiguous() for image in images]
+    return [to_u8(colorize(image.float()[None] / 255.0, cbcr[None].float())[0])
+            for image, cbcr in zip(images, split.cbcr)]
+
+
 def parse_named(items: Sequence[str], option: str) -> Dict[str, Path]:
     """``["NAME=PATH", ...]`` → ``{NAME: PATH}``; ``ValueError`` for a malformed or repeated name."""
     out: Dict[str, Path] = {}
@@ -353,8 +374,9 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
 # Training and evaluation
 
 
-def build_segmenter(spec: str, num_classes: int = 9) -> nn.Module:
-    """A randomly initialised segmenter from a registry spec (``segmenter:backbone=…,fpn_dim=…``)."""
+def build_segmenter(spec: str, num_classes: int = 9, in_chans: int = 1) -> nn.Module:
+    """A randomly initialised segmenter from a registry spec (``segmenter:backbone=…,fpn_dim=…``)
+    reading ``in_chans`` channels (unless the spec says otherwise)."""
     from .bench import parse_model_spec
     from .models import create_model, model_kind
 
@@ -363,6 +385,8 @@ def build_segmenter(spec: str, num_classes: int = 9) -> nn.Module:
         raise ValueError(f"segmenter {spec!r}: {parsed.name!r} is not a segmentation model")
     kwargs = dict(parsed.kwargs)
     kwargs.setdefault("num_classes", num_classes)
+    if in_chans != 1:  # the default stays out of the recorded kwargs, as before colour existed
+        kwargs.setdefault("in_chans", in_chans)
     return create_model(parsed.name, **kwargs)
 
 
@@ -442,7 +466,8 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(seed)
-    model = (build_segmenter(settings.segmenter) if model is None else model).to(device).train()
+    model = (build_segmenter(settings.segmenter, in_chans=settings.in_chans) if model is None else model)
+    model = model.to(device).train()
     criterion = SegmentationCE(settings.seg_loss, class_weights=class_weights if settings.seg_loss != "plain" else None,
                                ignore_index=IGNORE_INDEX)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -625,6 +650,8 @@ def _render_kind(kind: InputKind, train: LabelledSplit, test: LabelledSplit, set
     t0 = time.time()
     say(f"{kind.name}: rendering {len(train)} train + {len(test)} test pairs")
     train_images, test_images = render(kind, train, settings.eval_batch), render(kind, test, settings.eval_batch)
+    if settings.color:
+        train_images, test_images = colour_images(kind, train_images, train), colour_images(kind, test_images, test)
     return train_images, test_images, KindResult(kind.name, picture_image=test_images[pic], seconds=time.time() - t0)
 
 
@@ -771,6 +798,10 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
     segmenter = from_pretrained(segmenter_dir, device=settings.device)
     if getattr(segmenter, "kind", "") != "segmentation":
         raise ValueError(f"{segmenter_dir}: {getattr(segmenter, 'arch_name', '?')!r} is not a segmentation model")
+    reads = getattr(segmenter, "in_chans", 1)
+    if reads != settings.in_chans:
+        raise ValueError(f"{segmenter_dir}: the segmenter reads {reads} channel(s), "
+                         f"{'--color' if settings.color else 'grey input'} needs {settings.in_chans}")
     say(f"reading {settings.test_dir}")
     test = load_labelled_split(settings.test_dir, settings.size)
     pic = pick_picture_index(test, picture_name)
@@ -778,6 +809,8 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
     for kind in kinds:
         t0 = time.time()
         images = render(kind, test, settings.eval_batch)
+        if settings.color:
+            images = colour_images(kind, images, test)
         cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic])
         results.append(KindResult(kind.name, [cm.miou()], [cm.iou().tolist()], time.time() - t0,
                                   images[pic], kept[pic]))
@@ -805,7 +838,8 @@ def print_table(result: SegBenchResult, console: Any = None) -> None:
     best = max((k.mean_miou for k in result.kinds if math.isfinite(k.mean_miou)), default=None)
     s = result.settings
     title = (f"Semantic benchmark ({s.get('mode')}): mIoU on {Path(str(s.get('test_dir'))).name}, "
-             f"{'seeds ' + ','.join(map(str, result.seeds)) if result.seeds else 'no retraining'}")
+             f"{'seeds ' + ','.join(map(str, result.seeds)) if result.seeds else 'no retraining'}"
+             f"{', RGB input (--color)' if s.get('color') else ''}")
     table = Table(title=title)
     table.add_column("input")
     table.add_column("mIoU", justify="right")
@@ -861,11 +895,13 @@ def save_picture(result: SegBenchResult, test: LabelledSplit, path: os.PathLike)
     fig, axes = plt.subplots(len(kinds), cols, figsize=(fig_w, panel_h * len(kinds) + 1.4), squeeze=False)
     headers = ("IR", "VIS", "input to the segmenter", "prediction", "label")
     for r, k in enumerate(kinds):
-        fused = k.picture_image[0].numpy()
+        image = k.picture_image  # 1×H×W grey, or 3×H×W RGB with --color
+        fused = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+        gray = image.float().mean(0).round().to(torch.uint8).numpy()
         pred = k.picture_pred.numpy()
         cm = ConfusionMatrix()
         cm.update(torch.from_numpy(pred)[None], torch.from_numpy(label)[None])
-        panels = (ir, vis_rgb, fused, _colour_labels(pred, fused), _colour_labels(label, fused))
+        panels = (ir, vis_rgb, fused, _colour_labels(pred, gray), _colour_labels(label, gray))
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")

@@ -47,7 +47,10 @@ def test_merge_refuses_other_protocols_and_conflicting_numbers_naming_the_file()
     base = ("a.json", doc({"ir": [0.15]}, [0]))
     with pytest.raises(ValueError, match=r"b\.json: steps is 300, a\.json has 900"):
         merge_results([base, ("b.json", doc({"vis": [0.14]}, [0], steps=300))])
-    # An older file without the ema key means ema 0: still comparable.
+    # Grey and RGB (--color) segmenters learn different things: not comparable.
+    with pytest.raises(ValueError, match=r"c\.json: color is True, a\.json has False"):
+        merge_results([base, ("c.json", doc({"vis": [0.14]}, [0], color=True))])
+    # An older file without the ema or color key means ema 0, grey input: still comparable.
     old = doc({"vis": [0.14]}, [0])
     del old["settings"]["ema"]
     assert merge_results([base, ("old.json", old)])[0]["vis"] == {0: 0.14}

@@ -240,6 +240,57 @@ def test_quick_mode_scores_one_segmenter_on_every_kind(tiny, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["miou"] == out["miou"]
 
 
+def test_color_mode_recolours_every_kind_but_ir_with_the_visible_chroma(tiny):
+    """--color: VIS seen through the benchmark is the visible image itself (to rounding), IR alone is
+    grey RGB, a fusion keeps its luminance and takes the visible chroma; segmenters read 3 channels."""
+    from dfsfuse.data.io import rgb_to_luma
+    from dfsfuse.semantic_bench import InputKind, build_segmenter, colour_images, load_labelled_split, render
+
+    split = load_labelled_split(tiny["test"])
+    vis = colour_images(InputKind("vis", rule="vis"), render(InputKind("vis", rule="vis"), split), split)
+    ir = colour_images(InputKind("ir", rule="ir"), render(InputKind("ir", rule="ir"), split), split)
+    fused = colour_images(InputKind("max", rule="max"), render(InputKind("max", rule="max"), split), split)
+    for i, name in enumerate(split.names):
+        rgb = np.asarray(Image.open(tiny["test"] / "vi" / f"{name}.png").convert("RGB")).astype(np.int64)
+        assert vis[i].shape == (3, *rgb.shape[:2]) and vis[i].dtype == torch.uint8
+        # Y rounded to 8 bits moves each channel by at most a grey level or two
+        assert np.abs(vis[i].permute(1, 2, 0).numpy().astype(np.int64) - rgb).max() <= 2
+        assert torch.equal(ir[i], split.ir[i].expand(3, -1, -1))
+        # the luminance is the fusion's wherever no channel was clipped to [0, 255]
+        rgb_fused = fused[i].permute(1, 2, 0).numpy()
+        inside = ((rgb_fused > 0) & (rgb_fused < 255)).all(-1)
+        y = rgb_to_luma(rgb_fused.astype(np.float32))
+        expected = np.maximum(split.ir[i][0].numpy(), split.vis[i][0].numpy()).astype(np.float64)
+        assert inside.mean() > 0.3 and np.abs(y - expected)[inside].max() <= 2.0
+    model = build_segmenter("segmenter:backbone=mobilenetv3_small_050,fpn_dim=8", in_chans=3)
+    assert model.arch_kwargs["in_chans"] == 3
+    assert model.eval()(torch.rand(1, 3, 32, 32)).logits.shape == (1, 9, 32, 32)
+    with pytest.raises(ValueError, match="in_chans"):
+        create_model("segmenter", backbone="mobilenetv3_small_050", in_chans=2)
+
+
+def test_color_runs_end_to_end_and_quick_mode_checks_the_segmenters_channels(tiny, tmp_path, capsys):
+    out = _run(tiny, tmp_path / "c.json", "--kinds", "ir", "vis", "max", "--color")
+    assert out["settings"]["color"] is True and list(out["miou"]) == ["ir", "vis", "max", "student8", "maxdir"]
+    assert out["miou"]["maxdir"] == out["miou"]["max"]  # a folder of max fusions, recoloured the same way
+    assert (tmp_path / "c.png").is_file()
+    assert "RGB input" in capsys.readouterr().out
+    grey = _run(tiny, tmp_path / "g.json", "--kinds", "vis")
+    assert grey["settings"]["color"] is False and grey["miou"]["vis"] != out["miou"]["vis"]
+    torch.manual_seed(0)
+    rgb_dir, grey_dir = tmp_path / "seg3", tmp_path / "seg1"
+    save_pretrained(create_model("segmenter", backbone="mobilenetv3_small_050", fpn_dim=8, in_chans=3), rgb_dir)
+    save_pretrained(create_model("segmenter", backbone="mobilenetv3_small_050", fpn_dim=8), grey_dir)
+    quick = ["segbench", "--test", str(tiny["test"]), "--kinds", "ir", "vis", "--threads", "1"]
+    assert main(quick + ["--quick", str(rgb_dir), "--color", "--json", str(tmp_path / "q.json")]) == 0
+    assert json.loads((tmp_path / "q.json").read_text())["settings"]["color"] is True
+    capsys.readouterr()
+    for seg, extra in ((grey_dir, ["--color"]), (rgb_dir, [])):
+        assert main(quick + ["--quick", str(seg), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert str(seg) in err and "channel" in err and len(err.splitlines()) == 1, err
+
+
 def test_missing_shipped_model_is_skipped_with_a_note(tiny, tmp_path, monkeypatch, capsys):
     import dfsfuse.semantic_bench as sb
 

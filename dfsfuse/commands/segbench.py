@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--class-crops", type=float, metavar="P",
                         help="probability that a training crop is placed around a pixel of a class drawn uniformly "
                              "among those present (rare-class sampling; default 0: plain random crops)")
+    parser.add_argument("--color", action="store_true",
+                        help="segmenters read RGB, as SeAFusion's does: each kind's grey image recoloured with the "
+                             "visible chroma (IR alone as grey RGB); default: the grey image")
     parser.add_argument("--size", metavar="HxW|native",
                         help="working resolution (fast default 240x320; quick default native)")
     parser.add_argument("--crop", metavar="HxW|none", help="random training crop (fast default 160x224)")
@@ -115,6 +118,8 @@ def settings_from_args(args: argparse.Namespace):
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
     overrides["seeds"] = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.color:
+        overrides["color"] = True
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                        ("segmenter", args.segmenter), ("seg_loss", args.loss), ("ema", args.ema),
                        ("class_crops", args.class_crops)):

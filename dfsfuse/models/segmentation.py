@@ -1,7 +1,8 @@
 """The segmentation branch: a light timm backbone on the fused image plus an FPN decoder.
 
 The backbone is ``timm.create_model(backbone, features_only=True, pretrained=False,
-in_chans=1)``. Each selected backbone level goes through a 1×1 lateral conv to ``fpn_dim``
+in_chans=in_chans)`` (1: a grey fused image, the default; 3: an RGB one, the fused luminance
+recoloured with the visible chroma as SeAFusion's segmenter reads it). Each selected backbone level goes through a 1×1 lateral conv to ``fpn_dim``
 channels, levels are merged top-down (nearest upsampling + add), the finest merged map is
 refined by a 3×3 conv-BN-ReLU (feature ``head``), classified by a 1×1 conv and upsampled
 bilinearly to the input size. Features are named by their stride: ``fpn_s4`` … ``fpn_s32``
@@ -26,13 +27,14 @@ from .registry import register_model
 
 @register_model("segmenter")
 class Segmenter(SegmentationModel):
-    """Semantic segmentation of fused images: timm backbone (1 input channel) + light FPN.
+    """Semantic segmentation of fused images: timm backbone (1 input channel, or 3) + light FPN.
 
     Args:
         num_classes: number of output classes (9 for MSRS).
         backbone: any timm model name that supports ``features_only``; randomly initialised.
         out_indices: backbone levels fed to the FPN.
         fpn_dim: channel width of the FPN.
+        in_chans: input channels, 1 (grey) or 3 (RGB).
     """
 
     def __init__(
@@ -41,12 +43,16 @@ class Segmenter(SegmentationModel):
         backbone: str = "mobilenetv3_large_100",
         out_indices: Sequence[int] = (1, 2, 3, 4),
         fpn_dim: int = 64,
+        in_chans: int = 1,
     ) -> None:
         super().__init__()
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.fpn_dim = fpn_dim
         self.backbone = timm.create_model(
-            backbone, features_only=True, pretrained=False, in_chans=1, out_indices=tuple(out_indices)
+            backbone, features_only=True, pretrained=False, in_chans=in_chans, out_indices=tuple(out_indices)
         )
         channels = self.backbone.feature_info.channels()
         self.reductions: list[int] = list(self.backbone.feature_info.reduction())
@@ -61,7 +67,7 @@ class Segmenter(SegmentationModel):
         return {**{f"fpn_s{r}": self.fpn_dim for r in self.reductions}, "head": self.fpn_dim}
 
     def forward(self, image: Tensor) -> SegmentationOutput:
-        """Logits B×K×H×W for a B×1×H×W image in [0, 1]."""
+        """Logits B×K×H×W for a B×``in_chans``×H×W image in [0, 1]."""
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, self.stride)
         levels = [lateral(f) for lateral, f in zip(self.lateral, self.backbone(padded))]
