@@ -496,3 +496,35 @@ def test_pretrain_segmenter_trains_on_every_rule_and_writes_a_model_folder(tiny,
                          "--size", size, *extra])
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert named in err and f"does not fit inside --size {size}" in err and not (tmp_path / "bad").exists()
+
+
+def test_probe_rules_match_their_formulas_and_write_one_folder_per_rule(tiny, tmp_path, capsys):
+    """benchmarks/probe_rules.py: the IR-base pyramid gives IR back when both sources are IR and
+    keeps IR's shading under VIS's edges; the darkening never touches pixels where VIS is not brighter;
+    the script writes every pair of every folder, and a missing folder is a one-line error."""
+    script = load_script(REPO / "benchmarks" / "probe_rules.py", "probe_rules")
+    rng = np.random.default_rng(0)
+    ir = rng.uniform(0, 255, (40, 48))
+    assert np.allclose(script.ir_base_fusion(ir, ir, 2), ir)
+    flat = np.full((40, 48), 100.0)  # VIS: a flat field plus a vertical edge; IR: a smooth ramp
+    vis = flat.copy()
+    vis[:, 24:] = 180.0
+    ramp = np.tile(np.linspace(20, 60, 48), (40, 1))
+    fused = script.ir_base_fusion(ramp, vis, 4)
+    assert abs(fused.mean() - ramp.mean()) < 2.0  # IR's brightness …
+    assert fused[:, 26].mean() - fused[:, 21].mean() > 40  # … with VIS's edge on it
+    cold = ir + 30.0  # IR warmer everywhere: nothing to darken
+    assert np.allclose(script.RULES["darkcold"](cold, ir), script.region_max_fusion(cold, ir))
+    assert np.all(script.RULES["darkcold"](ir, ir + 50) <= script.region_max_fusion(ir, ir + 50) + 1e-9)
+    out = tmp_path / "rules"
+    assert script.main(["--rules", "irbase2", "darkhalo", "--folders", str(tiny["train"]), str(tiny["test"]),
+                        "--out", str(out)]) == 0
+    for rule in ("irbase2", "darkhalo"):
+        assert sorted(p.name for p in (out / rule / "train").iterdir()) == ["a.png", "b.png", "c.png"]
+        assert sorted(p.name for p in (out / rule / "test").iterdir()) == ["d.png", "e.png"]
+    image = np.asarray(Image.open(out / "irbase2" / "test" / "d.png"))
+    assert image.dtype == np.uint8 and image.shape == (40, 48)
+    capsys.readouterr()
+    assert script.main(["--rules", "irbase2", "--folders", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and len(err.splitlines()) == 1, err
