@@ -36,10 +36,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from dfsfuse.atomic import atomic_path  # noqa: E402
 from dfsfuse.baselines import (  # noqa: E402
-    _expand,
-    _laplacian_pyramid,
     _separable_blur,
     gaussian_taps,
+    laplacian_fusion,
     region_contrast_fusion,
     region_max_fusion,
     warm_contrast_map,
@@ -57,13 +56,9 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
 
 def ir_base_fusion(ir: np.ndarray, vis: np.ndarray, levels: int) -> np.ndarray:
     """Laplacian pyramid of ``levels`` levels: IR's low-pass base, the larger-magnitude band-pass
-    coefficient of the two sources at every level (float H×W)."""
-    da, base = _laplacian_pyramid(np.asarray(ir, np.float64), levels)
-    db, _ = _laplacian_pyramid(np.asarray(vis, np.float64), levels)
-    fused = base
-    for a, b in zip(reversed(da), reversed(db)):
-        fused = _expand(fused, a.shape) + np.where(np.abs(a) >= np.abs(b), a, b)
-    return fused
+    coefficient of the two sources at every level (float H×W): the ``laplacian`` baseline with
+    IR's base instead of the larger one."""
+    return laplacian_fusion(ir, vis, levels, base=lambda ir_base, vis_base: ir_base)
 
 
 def cold_brightness(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:

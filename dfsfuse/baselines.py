@@ -47,7 +47,7 @@ and a rule for segmenters rather than for the fusion metrics:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -175,14 +175,21 @@ def _laplacian_pyramid(x: np.ndarray, levels: int) -> tuple:
     return details, x
 
 
-def laplacian_max_fusion(ir: np.ndarray, vis: np.ndarray, levels: int = LAPLACIAN_LEVELS) -> np.ndarray:
-    """Float H×W Laplacian-pyramid fusion of two grey images (see the module docstring)."""
+def laplacian_fusion(ir: np.ndarray, vis: np.ndarray, levels: int,
+                     base: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Float H×W Laplacian-pyramid fusion of two grey images: ``base(ir's, vis's)`` low-pass
+    residuals, then at every band-pass level the coefficient larger in magnitude."""
     da, base_a = _laplacian_pyramid(np.asarray(ir, np.float64), levels)
     db, base_b = _laplacian_pyramid(np.asarray(vis, np.float64), levels)
-    fused = np.maximum(base_a, base_b)
+    fused = base(base_a, base_b)
     for a, b in zip(reversed(da), reversed(db)):
         fused = _expand(fused, a.shape) + np.where(np.abs(a) >= np.abs(b), a, b)
     return fused
+
+
+def laplacian_max_fusion(ir: np.ndarray, vis: np.ndarray, levels: int = LAPLACIAN_LEVELS) -> np.ndarray:
+    """Float H×W Laplacian-pyramid fusion of two grey images (see the module docstring)."""
+    return laplacian_fusion(ir, vis, levels, np.maximum)
 
 
 IR_CONTRAST_GAIN = 3.0

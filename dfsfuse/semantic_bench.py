@@ -308,6 +308,13 @@ def colour_images(kind: InputKind, images: Sequence[Tensor], split: LabelledSpli
             for image, cbcr in zip(images, split.cbcr)]
 
 
+def segmenter_inputs(kind: InputKind, split: LabelledSplit, settings: SegBenchSettings) -> List[Tensor]:
+    """The split as ``settings``' segmenters read it through ``kind``: :func:`render`'s grey images,
+    recoloured by :func:`colour_images` with ``settings.color``."""
+    images = render(kind, split, settings.eval_batch)
+    return colour_images(kind, images, split) if settings.color else images
+
+
 def parse_named(items: Sequence[str], option: str) -> Dict[str, Path]:
     """``["NAME=PATH", ...]`` → ``{NAME: PATH}``; ``ValueError`` for a malformed or repeated name."""
     out: Dict[str, Path] = {}
@@ -649,9 +656,7 @@ def _render_kind(kind: InputKind, train: LabelledSplit, test: LabelledSplit, set
     rendering time."""
     t0 = time.time()
     say(f"{kind.name}: rendering {len(train)} train + {len(test)} test pairs")
-    train_images, test_images = render(kind, train, settings.eval_batch), render(kind, test, settings.eval_batch)
-    if settings.color:
-        train_images, test_images = colour_images(kind, train_images, train), colour_images(kind, test_images, test)
+    train_images, test_images = segmenter_inputs(kind, train, settings), segmenter_inputs(kind, test, settings)
     return train_images, test_images, KindResult(kind.name, picture_image=test_images[pic], seconds=time.time() - t0)
 
 
@@ -808,9 +813,7 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
     results: List[KindResult] = []
     for kind in kinds:
         t0 = time.time()
-        images = render(kind, test, settings.eval_batch)
-        if settings.color:
-            images = colour_images(kind, images, test)
+        images = segmenter_inputs(kind, test, settings)
         cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic])
         results.append(KindResult(kind.name, [cm.miou()], [cm.iou().tolist()], time.time() - t0,
                                   images[pic], kept[pic]))

@@ -3,9 +3,9 @@
 The backbone is ``timm.create_model(backbone, features_only=True, pretrained=False,
 in_chans=in_chans)`` (1: a grey fused image, the default; 3: an RGB one, the fused luminance
 recoloured with the visible chroma as SeAFusion's segmenter reads it). Each selected backbone
-level goes through a 1×1 lateral conv to ``fpn_dim`` channels, levels are merged top-down (nearest upsampling + add), the finest merged map is
-refined by a 3×3 conv-BN-ReLU (feature ``head``), classified by a 1×1 conv and upsampled
-bilinearly to the input size. Features are named by their stride: ``fpn_s4`` … ``fpn_s32``
+level goes through a 1×1 lateral conv to ``fpn_dim`` channels, levels are merged top-down
+(nearest upsampling + add), the finest merged map is refined by a 3×3 conv-BN-ReLU (feature
+``head``), classified by a 1×1 conv and upsampled bilinearly to the input size. Features are named by their stride: ``fpn_s4`` … ``fpn_s32``
 (``fpn_dim`` channels, size ⌈H/s⌉×⌈W/s⌉) and ``head`` (``fpn_dim`` channels, finest stride).
 Inputs are padded to the backbone's largest stride and the outputs cropped back.
 """
