@@ -15,6 +15,7 @@ from ..reduction import global_mean, global_sum
 from .class_balance import MSRS_CLASS_WEIGHTS, SEG_LOSS_MODES, SegmentationCE, ohem_ce
 from .distill import FeatureDistillLoss, FrequencyDistillLoss, output_distill
 from .fusion import no_autocast, weighted_mean
+from .iou import lovasz_softmax
 
 __all__ = [
     "MSRS_CLASS_IMPORTANCE",
@@ -179,7 +180,9 @@ class DistilledSemanticLoss(nn.Module):
       teacher's fusion (detached) when ``semantic_weighting``;
     - ``seg_kl``: :func:`seg_kl` between segmentations of the student's and teacher's fusions,
     - ``seg_ce``: :func:`segmentation_ce` of the segmentation of the student's fusion (plain, or
-      as configured by ``seg_criterion``, a :class:`SegmentationCE`).
+      as configured by ``seg_criterion``, a :class:`SegmentationCE`),
+    - ``seg_iou``: :func:`~dfsfuse.losses.iou.lovasz_softmax` (an mIoU surrogate) of the same
+      segmentation against the same labels.
 
     ``forward(student_out, teacher_out, seg_student_logits, seg_teacher_logits, labels=None)``;
     ``*_out`` need ``.fused`` (``B×1×H×W``) and ``.features`` (name → map). The loss is the sum
@@ -206,14 +209,15 @@ class DistilledSemanticLoss(nn.Module):
         levels: int = 1,
         ignore_index: int = 255,
         seg_criterion: SegmentationCE | None = None,
+        w_seg_iou: float = 0.0,
     ):
         super().__init__()
-        if min(w_output, w_feature, w_freq, w_seg_kl, w_seg_ce) < 0:
+        if min(w_output, w_feature, w_freq, w_seg_kl, w_seg_ce, w_seg_iou) < 0:
             raise ValueError("loss weights must be non-negative")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.w_output, self.w_feature, self.w_freq = w_output, w_feature, w_freq
-        self.w_seg_kl, self.w_seg_ce = w_seg_kl, w_seg_ce
+        self.w_seg_kl, self.w_seg_ce, self.w_seg_iou = w_seg_kl, w_seg_ce, w_seg_iou
         self.temperature = temperature
         self.class_importance = tuple(float(v) for v in torch.as_tensor(class_importance).tolist())
         self.base = base
@@ -232,7 +236,7 @@ class DistilledSemanticLoss(nn.Module):
     def term_names(self) -> list[str]:
         """Names of the terms :meth:`forward` can return (those with a non-zero weight), in order."""
         weights = (("output", self.w_output), ("feature", self.w_feature), ("frequency", self.w_freq),
-                   ("seg_kl", self.w_seg_kl), ("seg_ce", self.w_seg_ce))
+                   ("seg_kl", self.w_seg_kl), ("seg_ce", self.w_seg_ce), ("seg_iou", self.w_seg_iou))
         return [name for name, w in weights if w]
 
     def forward(
@@ -244,7 +248,8 @@ class DistilledSemanticLoss(nn.Module):
         labels: Tensor | None = None,
         seg_ce_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """The weighted terms; ``seg_ce_logits`` (default ``seg_student_logits``) are what ``seg_ce`` reads."""
+        """The weighted terms; ``seg_ce_logits`` (default ``seg_student_logits``) are what ``seg_ce`` and
+        ``seg_iou`` read."""
         weight = None
         if self.semantic_weighting:
             if seg_teacher_logits is None:
@@ -267,16 +272,19 @@ class DistilledSemanticLoss(nn.Module):
             terms["seg_kl"] = self.w_seg_kl * seg_kl(
                 seg_student_logits, seg_teacher_logits, T=self.temperature
             )
-        if self.w_seg_ce and labels is not None:
+        if (self.w_seg_ce or self.w_seg_iou) and labels is not None:
             ce_logits = seg_ce_logits if seg_ce_logits is not None else seg_student_logits
             if ce_logits is None:
-                raise ValueError("w_seg_ce > 0 with labels needs seg_student_logits")
-            terms["seg_ce"] = self.w_seg_ce * self.seg_criterion(ce_logits, labels)
+                raise ValueError("w_seg_ce or w_seg_iou > 0 with labels needs seg_student_logits")
+            if self.w_seg_ce:
+                terms["seg_ce"] = self.w_seg_ce * self.seg_criterion(ce_logits, labels)
+            if self.w_seg_iou:
+                terms["seg_iou"] = self.w_seg_iou * lovasz_softmax(ce_logits, labels, self.ignore_index)
         return terms
 
     def extra_repr(self) -> str:
         return (
             f"w_output={self.w_output}, w_feature={self.w_feature}, w_freq={self.w_freq}, "
-            f"w_seg_kl={self.w_seg_kl}, w_seg_ce={self.w_seg_ce}, temperature={self.temperature}, "
+            f"w_seg_kl={self.w_seg_kl}, w_seg_ce={self.w_seg_ce}, w_seg_iou={self.w_seg_iou}, temperature={self.temperature}, "
             f"semantic_weighting={self.semantic_weighting}"
         )

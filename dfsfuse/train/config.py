@@ -142,6 +142,8 @@ class LossConfig:
     seg_class_weights: Optional[List[float]] = None  # weighted/ohem class weights (weighted, None: the MSRS table)
     seg_ohem_thresh: float = 0.7       # ohem: keep pixels whose true-class probability is below this ...
     seg_ohem_min_kept: float = 0.0625  # ... but at least this fraction of the labelled pixels (the hardest)
+    seg_iou: float = 0.0               # stage 2: Lovász-softmax (an mIoU surrogate, losses/iou.py) of the segmentation
+                                       # seg_ce reads, where labels exist: also penalises false rare-class pixels
     output: float = 1.0                # distillation: student vs teacher fused image
     feature: float = 0.2
     frequency: float = 0.5
@@ -174,6 +176,8 @@ class LossConfig:
         for key, allowed in (("intensity_target", ("max", "contrast")), ("gradient_mode", ("magnitude", "signed"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"loss.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.seg_iou < 0:
+            raise ConfigError(f"loss.seg_iou must be 0 (off) or positive, got {self.seg_iou}")
         if self.seg_ce_cotrain < 0:
             raise ConfigError(f"loss.seg_ce_cotrain must be 0 (off) or positive, got {self.seg_ce_cotrain}")
         if self.seg_ce_cotrain_reset < 0:

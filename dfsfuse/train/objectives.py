@@ -143,7 +143,7 @@ class StudentObjective(nn.Module):
             w_output=cfg.output, w_feature=cfg.feature, w_freq=cfg.frequency,
             w_seg_kl=cfg.seg_kl, w_seg_ce=cfg.seg_ce, temperature=cfg.temperature,
             class_importance=importance, semantic_weighting=cfg.semantic_weighting,
-            ignore_index=IGNORE_INDEX, seg_criterion=seg_criterion_from(cfg),
+            ignore_index=IGNORE_INDEX, seg_criterion=seg_criterion_from(cfg), w_seg_iou=cfg.seg_iou,
         )
         self.fusion_loss = fusion_loss_from(cfg)
         self.w_fusion = cfg.student_fusion
@@ -151,7 +151,7 @@ class StudentObjective(nn.Module):
         self.consistency_temperature = float(cfg.consistency_temperature)
         self.feature_head = (FeatureSegHead(student.feature_channels["fusion"], num_classes)
                              if self.w_consistency > 0 else None)
-        self.needs_segmenter = (cfg.semantic_weighting or cfg.seg_kl > 0 or cfg.seg_ce > 0
+        self.needs_segmenter = (cfg.semantic_weighting or cfg.seg_kl > 0 or cfg.seg_ce > 0 or cfg.seg_iou > 0
                                 or self.w_consistency > 0)
 
     @property
@@ -166,7 +166,7 @@ class StudentObjective(nn.Module):
                 segmenter: Optional[nn.Module], class_segmenter: Optional[nn.Module] = None) -> Dict[str, Tensor]:
         out = self.student(batch["ir"], batch["vis_y"])
         seg_student = segmenter(out.fused).logits if segmenter is not None and self.needs_segmenter else None
-        labels = _labels_or_ignore(batch) if self.distill.w_seg_ce else None
+        labels = _labels_or_ignore(batch) if (self.distill.w_seg_ce or self.distill.w_seg_iou) else None
         seg_ce_logits = None
         if class_segmenter is not None and labels is not None and seg_student is not None:
             by_class = torch.isin(labels, self.class_ids).unsqueeze(1)

@@ -201,7 +201,8 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
                                  num_classes=getattr(segmenter, "num_classes", 9), cotrain_segmenter=cotrain)
     if segmenter is None and objective.needs_segmenter:
         raise ValueError("the semantic losses need a segmenter; train the teacher with loss.seg_ce > 0 "
-                         "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0 loss.student_consistency=0")
+                         "or set loss.semantic_weighting=false loss.seg_kl=0 loss.seg_ce=0 loss.seg_iou=0 "
+                         "loss.student_consistency=0")
     dynamic = None
     if cfg.loss.dynamic_weights:  # the objective names the terms it returns
         dynamic = DynamicWeights(objective.term_names, temperature=cfg.loss.dynamic_temperature)
