@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -538,8 +539,9 @@ def evaluate_segmenter(model: nn.Module, images: Sequence[Tensor], labels: Seque
 
 @dataclass
 class KindResult:
-    """One kind's scores: per seed mIoU and per-class IoU (NaN for a class absent from both
-    labels and predictions), the rendered picture image and its predictions."""
+    """One kind's scores: per seed mIoU, per-class IoU (NaN for a class absent from both
+    labels and predictions) and confusion matrix (rows: label, columns: prediction), the rendered
+    picture image and its predictions."""
 
     name: str
     miou: List[float] = field(default_factory=list)
@@ -547,13 +549,34 @@ class KindResult:
     seconds: float = 0.0
     picture_image: Optional[Tensor] = None
     picture_pred: Optional[Tensor] = None
+    confusion: List[List[List[int]]] = field(default_factory=list)
 
-    def add(self, miou: float, iou: List[float], picture_pred: Tensor) -> None:
+    def add(self, miou: float, iou: List[float], picture_pred: Tensor,
+            confusion: Optional[List[List[int]]] = None) -> None:
         """Record one seed's scores (call in seed order); the first seed's prediction is the picture's."""
         self.miou.append(miou)
         self.iou.append(iou)
+        if confusion is not None:
+            self.confusion.append(confusion)
         if self.picture_pred is None:
             self.picture_pred = picture_pred
+
+    def mean_rates(self) -> Dict[str, List[float]]:
+        """Per-class precision (``TP / predicted``) and recall (``TP / labelled``) averaged over the seeds
+        whose confusion matrix is recorded (NaN where undefined in every seed): does a fusion lose a
+        class by missing it or by inventing it?"""
+        out: Dict[str, List[float]] = {}
+        for rate in ("precision", "recall"):
+            per_seed = []
+            for matrix in self.confusion:
+                cm = ConfusionMatrix(len(matrix))
+                cm.matrix = torch.tensor(matrix, dtype=torch.int64)
+                per_seed.append(getattr(cm, rate)().tolist())
+            arr = np.asarray(per_seed, dtype=np.float64)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[rate] = np.nanmean(arr, 0).tolist() if len(per_seed) else []
+        return out
 
     @property
     def mean_miou(self) -> float:
@@ -579,14 +602,22 @@ class SegBenchResult:
     class_names: Tuple[str, ...] = CLASS_NAMES
 
     def to_dict(self) -> Dict[str, Any]:
-        """``{"settings", "miou", "iou", "seeds"}`` (+ ``"miou_per_seed"`` and ``"iou_per_seed"``,
-        ``{kind: {class: [one IoU per seed]}}``, with several seeds); non-finite numbers become ``None``."""
+        """``{"settings", "miou", "iou", "precision", "recall", "confusion_per_seed", "seeds"}`` (+
+        ``"miou_per_seed"`` and ``"iou_per_seed"``, ``{kind: {class: [one IoU per seed]}}``, with several
+        seeds); precision and recall are means over seeds, each confusion matrix is K×K pixel counts
+        (rows: label, columns: prediction); non-finite numbers become ``None``."""
         out: Dict[str, Any] = {
             "settings": self.settings,
             "miou": {k.name: k.mean_miou for k in self.kinds},
             "iou": {k.name: dict(zip(self.class_names, k.mean_iou())) for k in self.kinds},
             "seeds": list(self.seeds),
         }
+        recorded = [k for k in self.kinds if k.confusion]
+        for rate in ("precision", "recall"):
+            if recorded:
+                out[rate] = {k.name: dict(zip(self.class_names, k.mean_rates()[rate])) for k in recorded}
+        if recorded:
+            out["confusion_per_seed"] = {k.name: k.confusion for k in recorded}
         if len(self.seeds) > 1:
             out["miou_per_seed"] = {k.name: list(k.miou) for k in self.kinds}
             # Which classes move between seeds is what tells optimisation noise from a real difference.
@@ -662,12 +693,13 @@ def _render_kind(kind: InputKind, train: LabelledSplit, test: LabelledSplit, set
 
 def _train_and_score(train_images: Sequence[Tensor], test_images: Sequence[Tensor], train_labels: Sequence[Tensor],
                      test_labels: Sequence[Tensor], settings: SegBenchSettings, seed: int, weights: Sequence[float],
-                     pic: int, on_step: Optional[Callable[[int, float], None]] = None) -> Tuple[float, List[float], Tensor]:
+                     pic: int, on_step: Optional[Callable[[int, float], None]] = None
+                     ) -> Tuple[float, List[float], Tensor, List[List[int]]]:
     """One segmenter from scratch on ``train_images``, scored on ``test_images``:
-    (mIoU, per-class IoU, prediction of the picture image)."""
+    (mIoU, per-class IoU, prediction of the picture image, confusion matrix)."""
     model = train_segmenter(train_images, train_labels, settings, seed, weights, on_step)
     cm, kept = evaluate_segmenter(model, test_images, test_labels, settings.eval_batch, keep=[pic])
-    return cm.miou(), cm.iou().tolist(), kept[pic]
+    return cm.miou(), cm.iou().tolist(), kept[pic], cm.matrix.tolist()
 
 
 # Worker processes (``workers > 1``): the rendered kinds and the splits are handed over once per
@@ -682,7 +714,7 @@ def _init_worker(data: Dict[str, Any], threads: int) -> None:
     _WORKER_DATA.update(data)
 
 
-def _worker_task(kind_index: int, seed: int) -> Tuple[Tuple[float, List[float], Tensor], float]:
+def _worker_task(kind_index: int, seed: int) -> Tuple[Tuple[float, List[float], Tensor, List[List[int]]], float]:
     """:func:`_train_and_score` for one kind and seed in a worker, and its seconds."""
     d = _WORKER_DATA
     t0 = time.time()
@@ -763,7 +795,7 @@ def _run_in_workers(settings: SegBenchSettings, kinds: Sequence[InputKind], trai
     tasks = [(k, seed) for k in range(len(kinds)) for seed in settings.seeds]
     data = {"rendered": rendered, "train_labels": train.labels, "test_labels": test.labels, "settings": settings,
             "weights": list(weights), "pic": pic}
-    scores: Dict[Tuple[int, int], Tuple[Tuple[float, List[float], Tensor], float]] = {}
+    scores: Dict[Tuple[int, int], Tuple[Tuple[float, List[float], Tensor, List[List[int]]], float]] = {}
     workers = min(workers, len(tasks))
     say(f"training {len(tasks)} segmenters in {workers} processes of {threads} thread(s)")
     bar = progress("segmenters", len(tasks), metric="mIoU", unit="segmenter") if progress else None
@@ -816,7 +848,7 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
         images = segmenter_inputs(kind, test, settings)
         cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic])
         results.append(KindResult(kind.name, [cm.miou()], [cm.iou().tolist()], time.time() - t0,
-                                  images[pic], kept[pic]))
+                                  images[pic], kept[pic], [cm.matrix.tolist()]))
         say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
     record = _base_settings(settings, kinds, skipped or {}, "quick")
     for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",

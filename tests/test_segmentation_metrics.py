@@ -52,6 +52,11 @@ def test_miou_averages_only_classes_present_in_target_or_prediction() -> None:
     assert iou[0] == pytest.approx(0.5) and iou[1] == pytest.approx(1.0) and iou[3] == 0.0
     assert all(math.isnan(v) for i, v in enumerate(iou.tolist()) if i not in (0, 1, 3))
     assert cm.miou() == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    # precision = TP / predicted, recall = TP / labelled: class 0 predicted once, right once, labelled
+    # twice; class 3 predicted once, never labelled; class 1 both perfect
+    precision, recall = cm.precision(), cm.recall()
+    assert precision[0] == 1.0 and recall[0] == 0.5 and precision[1] == 1.0 and recall[1] == 1.0
+    assert precision[3] == 0.0 and math.isnan(recall[3]) and math.isnan(precision[7])
 
 
 def test_empty_matrix_is_nan_not_an_error() -> None:

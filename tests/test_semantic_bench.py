@@ -67,12 +67,23 @@ def _run(tiny: dict, out: Path, *extra: str) -> dict:
 def test_end_to_end_schema_every_kind_and_same_seed_same_numbers(tiny, tmp_path):
     first = _run(tiny, tmp_path / "a.json")
     kinds = ["ir", "vis", "avg", "max", "teacher", "student", "student8", "maxdir"]
-    assert set(first) == {"settings", "miou", "iou", "seeds"}
+    assert set(first) == {"settings", "miou", "iou", "precision", "recall", "confusion_per_seed", "seeds"}
     assert list(first["miou"]) == kinds and list(first["iou"]) == kinds and first["seeds"] == [0]
     for kind in kinds:
         assert 0.0 <= first["miou"][kind] <= 1.0
         assert list(first["iou"][kind]) == list(CLASS_NAMES)
         assert all(v is None or 0.0 <= v <= 1.0 for v in first["iou"][kind].values())
+        # the recorded confusion matrix counts every labelled test pixel, and IoU, precision and
+        # recall are what it gives
+        (m,) = first["confusion_per_seed"][kind]
+        m = np.asarray(m, dtype=np.float64)
+        assert m.shape == (9, 9) and m.sum() == 2 * 40 * 48  # two 40×48 test labels, none ignored
+        tp = np.diag(m)
+        with np.errstate(all="ignore"):
+            rates = {"iou": tp / (m.sum(0) + m.sum(1) - tp), "precision": tp / m.sum(0), "recall": tp / m.sum(1)}
+        for name, expected in rates.items():
+            got = np.array([np.nan if v is None else v for v in first[name][kind].values()])
+            np.testing.assert_allclose(got, expected, rtol=1e-9)
     # a folder of max fusions is the max kind, pixel for pixel: same training, same numbers
     assert first["miou"]["maxdir"] == first["miou"]["max"]
     assert first["iou"]["maxdir"] == first["iou"]["max"]

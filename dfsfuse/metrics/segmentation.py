@@ -65,6 +65,16 @@ class ConfusionMatrix:
         union = m.sum(0) + m.sum(1) - tp
         return tp / union  # 0/0 = NaN for absent classes
 
+    def precision(self) -> Tensor:
+        """Per-class precision ``TP / predicted`` (float64); NaN for a class never predicted."""
+        m = self.matrix.double()
+        return m.diagonal() / m.sum(0)
+
+    def recall(self) -> Tensor:
+        """Per-class recall ``TP / labelled`` (float64); NaN for a class never labelled."""
+        m = self.matrix.double()
+        return m.diagonal() / m.sum(1)
+
     def miou(self) -> float:
         """Mean IoU over the classes that occur in the targets or the predictions (NaN when none do).
 
