@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from dfsfuse.atomic import write_json_atomic  # noqa: E402
-from dfsfuse.seed_claims import compare_kinds, merge_results, torch_threads  # noqa: E402
+from dfsfuse.seed_claims import compare_kinds, environment_differences, merge_results, torch_threads  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError(f"{path}: cannot read a JSON result ({exc.__class__.__name__}: {exc})") from None
         per_seed, protocol = merge_results(docs, renames)
         threads = torch_threads(docs)
+        differences = environment_differences(docs)
         if args.seeds:
             per_seed = {k: {s: m for s, m in v.items() if s in args.seeds} for k, v in per_seed.items()}
             per_seed = {k: v for k, v in per_seed.items() if v}
@@ -92,10 +93,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "yes" if v.paired else "no", f"{v.margin:+.4f}",
                       f"{v.mean_difference:+.4f} ({'n/a' if v.lower_bound is None else f'{v.lower_bound:+.4f}'})")
     console = Console(width=max(120, Console().width))
-    counts = sorted({n for n in threads.values() if n is not None})
-    if len(counts) > 1:
-        console.print(f"[yellow]note: the files ran with {', '.join(map(str, counts))} torch threads per segmenter; "
-                      "a seed's mIoU depends on the thread count, so per-seed comparisons across them are "
+    if differences:
+        what = "; ".join(f"{key} {' / '.join(map(str, values))}" for key, values in differences.items())
+        console.print(f"[yellow]note: the files ran with different {what}; a seed's mIoU depends on the thread "
+                      "count, the CPU's kernels and the library versions, so per-seed comparisons across them are "
                       "not like for like[/]")
     console.print(table)
     if claims.teacher:
@@ -106,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"mean lead beyond seed noise (95% lower bound > 0): {'holds' if claims.bounded else 'fails'}")
     if args.json:
         record = {"files": [str(p) for p in args.results], "protocol": protocol, "torch_threads": threads,
+                  "environment_differences": differences,
                   "seeds_filter": args.seeds, "renames": renames,
                   "miou_per_seed": {k: {str(s): m for s, m in sorted(v.items())} for k, v in per_seed.items()},
                   **claims.to_dict()}

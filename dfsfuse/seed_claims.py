@@ -95,6 +95,29 @@ def torch_threads(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[str, Op
     return out
 
 
+# Recorded settings that decide a seed's numbers without being protocol: the same protocol and seed give
+# different mIoU with another thread count, another CPU kernel set (torch's cpu_capability; two machines
+# sold under one model name can differ) or another torch / timm (initial weights). Older files record
+# only some of them.
+ENVIRONMENT_KEYS: Tuple[str, ...] = ("torch_threads", "cpu_capability", "torch", "timm")
+
+
+def environment_differences(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[str, List[Any]]:
+    """``{key: [the distinct values]}`` of each :data:`ENVIRONMENT_KEYS` entry that the documents
+    record with more than one value (documents that do not record a key are left out of it): where
+    per-seed comparisons across the files are not like for like."""
+    out: Dict[str, List[Any]] = {}
+    for key in ENVIRONMENT_KEYS:
+        values = []
+        for _, doc in docs:
+            value = (doc.get("settings") or {}).get(key)
+            if value is not None and value not in values:
+                values.append(value)
+        if len(values) > 1:
+            out[key] = values
+    return out
+
+
 def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]],
                   renames: Optional[Mapping[str, Mapping[str, str]]] = None) -> Tuple[PerSeed, Dict[str, Any]]:
     """Join ``(name, segbench JSON)`` documents into ``{kind: {seed: mIoU}}`` and their shared protocol.

@@ -648,15 +648,23 @@ def pick_picture_index(split: LabelledSplit, name: Optional[str] = None) -> int:
 
 
 def _hardware(settings: SegBenchSettings) -> Dict[str, Any]:
+    """Where the numbers come from. A seed's numbers repeat bit for bit only with the same thread
+    count, CPU kernels (torch's ``cpu_capability``: two CPUs sold under one model name can differ) and
+    library versions (timm sets the initial weights), so all of them are recorded."""
+    import timm
+
     from .bench import cpu_model
 
     device = torch.device(settings.device)
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
         "python": platform.python_version(),
     }
 

@@ -151,10 +151,30 @@ def test_script_notes_mixed_thread_counts(tmp_path, capsys):
     c.write_text(json.dumps(doc({"student": [0.18, 0.175]}, [0, 1], torch_threads=1)))
     out = tmp_path / "claims.json"
     assert script.main([str(a), str(b), "--subject", "student", "--json", str(out)]) == 0
-    assert "1, 2 torch threads" in capsys.readouterr().out
-    assert json.loads(out.read_text())["torch_threads"] == {str(a): 1, str(b): 2}
+    assert "different torch_threads 1 / 2" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["torch_threads"] == {str(a): 1, str(b): 2}
+    assert record["environment_differences"] == {"torch_threads": [1, 2]}
     assert script.main([str(a), str(c), "--subject", "student"]) == 0
-    assert "torch threads" not in capsys.readouterr().out
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_script_notes_files_from_different_cpu_kernels_and_libraries(tmp_path, capsys):
+    """Same protocol and threads on two machines whose CPUs torch drives with different kernels (and
+    another timm): merged, with a note; a file that does not record a key is not counted as different."""
+    script = load_script(REPO / "benchmarks" / "semantic_claims.py", "semantic_claims")
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(doc({"ir": [0.15, 0.16], "vis": [0.14, 0.17], "max": [0.16, 0.15]}, [0, 1],
+                                torch_threads=1, cpu_capability="AVX2",
+                                timm="1.0.19")))
+    b.write_text(json.dumps(doc({"student": [0.18, 0.175]}, [0, 1], torch_threads=1, cpu_capability="AVX512",
+                                timm="1.0.31")))
+    c.write_text(json.dumps(doc({"student": [0.18, 0.175]}, [0, 1], torch_threads=1)))
+    assert script.main([str(a), str(b), "--subject", "student"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "different cpu_capability AVX2 / AVX512; timm 1.0.19 / 1.0.31" in printed
+    assert script.main([str(a), str(c), "--subject", "student"]) == 0
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_script_rename_merges_one_model_measured_under_two_names(tmp_path, capsys):
