@@ -37,7 +37,7 @@ from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
 from .data.transforms import resize_image, resize_label
 from .ema import moving_average
-from .metrics.segmentation import ConfusionMatrix
+from .metrics.segmentation import ConfusionMatrix, FalsePositiveDistance
 
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
@@ -507,9 +507,10 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
 
 @torch.inference_mode()
 def evaluate_segmenter(model: nn.Module, images: Sequence[Tensor], labels: Sequence[Tensor], batch_size: int = 4,
-                       keep: Sequence[int] = ()) -> Tuple[ConfusionMatrix, Dict[int, Tensor]]:
+                       keep: Sequence[int] = (), false_positives: Optional[FalsePositiveDistance] = None
+                       ) -> Tuple[ConfusionMatrix, Dict[int, Tensor]]:
     """Confusion matrix of ``model`` over whole images; also the predictions (H×W int64) of the
-    images whose indices are in ``keep``."""
+    images whose indices are in ``keep``; ``false_positives``, when given, counts where they lie."""
     model.eval()
     device = next(iter(model.parameters())).device
     num_classes = getattr(model, "num_classes", 9)
@@ -526,6 +527,8 @@ def evaluate_segmenter(model: nn.Module, images: Sequence[Tensor], labels: Seque
         pred = model(x).logits.argmax(1).cpu()
         target = torch.stack([labels[j] for j in group])
         cm.update(pred, target)
+        if false_positives is not None:
+            false_positives.update(pred, target)
         for j, p in zip(group, pred):
             if j in keep:
                 kept[j] = p
@@ -550,14 +553,18 @@ class KindResult:
     picture_image: Optional[Tensor] = None
     picture_pred: Optional[Tensor] = None
     confusion: List[List[List[int]]] = field(default_factory=list)
+    false_positives: List[List[List[int]]] = field(default_factory=list)
 
     def add(self, miou: float, iou: List[float], picture_pred: Tensor,
-            confusion: Optional[List[List[int]]] = None) -> None:
-        """Record one seed's scores (call in seed order); the first seed's prediction is the picture's."""
+            confusion: Optional[List[List[int]]] = None, false_positives: Optional[List[List[int]]] = None) -> None:
+        """Record one seed's scores (call in seed order); the first seed's prediction is the picture's.
+        ``false_positives``: :attr:`FalsePositiveDistance.counts` (near and far per class)."""
         self.miou.append(miou)
         self.iou.append(iou)
         if confusion is not None:
             self.confusion.append(confusion)
+        if false_positives is not None:
+            self.false_positives.append(false_positives)
         if self.picture_pred is None:
             self.picture_pred = picture_pred
 
@@ -591,6 +598,13 @@ class KindResult:
             sums = np.nansum(arr, 0)
             return [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
 
+    def far_false_positives(self) -> List[float]:
+        """Per class, the fraction of false positives far from any labelled object of the class, pooled
+        over the seeds (NaN for a class with none): an invented object rather than one drawn too big."""
+        counts = np.asarray(self.false_positives, dtype=np.float64).sum(0)
+        with np.errstate(all="ignore"):
+            return (counts[1] / counts.sum(0)).tolist()
+
 
 @dataclass
 class SegBenchResult:
@@ -602,10 +616,12 @@ class SegBenchResult:
     class_names: Tuple[str, ...] = CLASS_NAMES
 
     def to_dict(self) -> Dict[str, Any]:
-        """``{"settings", "miou", "iou", "precision", "recall", "confusion_per_seed", "seeds"}`` (+
-        ``"miou_per_seed"`` and ``"iou_per_seed"``, ``{kind: {class: [one IoU per seed]}}``, with several
-        seeds); precision and recall are means over seeds, each confusion matrix is K×K pixel counts
-        (rows: label, columns: prediction); non-finite numbers become ``None``."""
+        """``{"settings", "miou", "iou", "precision", "recall", "confusion_per_seed", "false_positives_far",
+        "seeds"}`` (+ ``"miou_per_seed"`` and ``"iou_per_seed"``, ``{kind: {class: [one IoU per seed]}}``,
+        with several seeds); precision and recall are means over seeds, each confusion matrix is K×K
+        pixel counts (rows: label, columns: prediction), ``false_positives_far`` the fraction of each
+        class's false positives far from any object of it (:class:`FalsePositiveDistance`, pooled over
+        seeds); non-finite numbers become ``None``."""
         out: Dict[str, Any] = {
             "settings": self.settings,
             "miou": {k.name: k.mean_miou for k in self.kinds},
@@ -618,6 +634,9 @@ class SegBenchResult:
                 out[rate] = {k.name: dict(zip(self.class_names, k.mean_rates()[rate])) for k in recorded}
         if recorded:
             out["confusion_per_seed"] = {k.name: k.confusion for k in recorded}
+        located = [k for k in self.kinds if k.false_positives]
+        if located:
+            out["false_positives_far"] = {k.name: dict(zip(self.class_names, k.far_false_positives())) for k in located}
         if len(self.seeds) > 1:
             out["miou_per_seed"] = {k.name: list(k.miou) for k in self.kinds}
             # Which classes move between seeds is what tells optimisation noise from a real difference.
@@ -681,6 +700,8 @@ def _base_settings(settings: SegBenchSettings, kinds: Sequence[InputKind], skipp
         "resize": "area for images (before fusing), nearest for labels; fusions rounded to 8 bits",
         "miou": "one confusion matrix over the whole test folder; mean over classes present in labels or "
                 "predictions, unlabeled (class 0) included",
+        "false_positives_far": "a class's false positives farther than 5% of the short side (Chebyshev) from "
+                               "any pixel labelled with it, over all its false positives, pooled over seeds",
         **_hardware(settings),
     })
     return record
@@ -702,12 +723,13 @@ def _render_kind(kind: InputKind, train: LabelledSplit, test: LabelledSplit, set
 def _train_and_score(train_images: Sequence[Tensor], test_images: Sequence[Tensor], train_labels: Sequence[Tensor],
                      test_labels: Sequence[Tensor], settings: SegBenchSettings, seed: int, weights: Sequence[float],
                      pic: int, on_step: Optional[Callable[[int, float], None]] = None
-                     ) -> Tuple[float, List[float], Tensor, List[List[int]]]:
+                     ) -> Tuple[float, List[float], Tensor, List[List[int]], List[List[int]]]:
     """One segmenter from scratch on ``train_images``, scored on ``test_images``:
-    (mIoU, per-class IoU, prediction of the picture image, confusion matrix)."""
+    (mIoU, per-class IoU, prediction of the picture image, confusion matrix, false positives near/far)."""
     model = train_segmenter(train_images, train_labels, settings, seed, weights, on_step)
-    cm, kept = evaluate_segmenter(model, test_images, test_labels, settings.eval_batch, keep=[pic])
-    return cm.miou(), cm.iou().tolist(), kept[pic], cm.matrix.tolist()
+    fp = FalsePositiveDistance(getattr(model, "num_classes", 9), ignore_index=IGNORE_INDEX)
+    cm, kept = evaluate_segmenter(model, test_images, test_labels, settings.eval_batch, keep=[pic], false_positives=fp)
+    return cm.miou(), cm.iou().tolist(), kept[pic], cm.matrix.tolist(), fp.counts.tolist()
 
 
 # Worker processes (``workers > 1``): the rendered kinds and the splits are handed over once per
@@ -722,7 +744,7 @@ def _init_worker(data: Dict[str, Any], threads: int) -> None:
     _WORKER_DATA.update(data)
 
 
-def _worker_task(kind_index: int, seed: int) -> Tuple[Tuple[float, List[float], Tensor, List[List[int]]], float]:
+def _worker_task(kind_index: int, seed: int) -> Tuple[Tuple[Any, ...], float]:
     """:func:`_train_and_score` for one kind and seed in a worker, and its seconds."""
     d = _WORKER_DATA
     t0 = time.time()
@@ -803,7 +825,7 @@ def _run_in_workers(settings: SegBenchSettings, kinds: Sequence[InputKind], trai
     tasks = [(k, seed) for k in range(len(kinds)) for seed in settings.seeds]
     data = {"rendered": rendered, "train_labels": train.labels, "test_labels": test.labels, "settings": settings,
             "weights": list(weights), "pic": pic}
-    scores: Dict[Tuple[int, int], Tuple[Tuple[float, List[float], Tensor, List[List[int]]], float]] = {}
+    scores: Dict[Tuple[int, int], Tuple[Tuple[Any, ...], float]] = {}
     workers = min(workers, len(tasks))
     say(f"training {len(tasks)} segmenters in {workers} processes of {threads} thread(s)")
     bar = progress("segmenters", len(tasks), metric="mIoU", unit="segmenter") if progress else None
@@ -854,9 +876,10 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
     for kind in kinds:
         t0 = time.time()
         images = segmenter_inputs(kind, test, settings)
-        cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic])
+        fp = FalsePositiveDistance(getattr(segmenter, "num_classes", 9), ignore_index=IGNORE_INDEX)
+        cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic], false_positives=fp)
         results.append(KindResult(kind.name, [cm.miou()], [cm.iou().tolist()], time.time() - t0,
-                                  images[pic], kept[pic], [cm.matrix.tolist()]))
+                                  images[pic], kept[pic], [cm.matrix.tolist()], [fp.counts.tolist()]))
         say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
     record = _base_settings(settings, kinds, skipped or {}, "quick")
     for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfsfuse.metrics import ConfusionMatrix
+from dfsfuse.metrics import ConfusionMatrix, FalsePositiveDistance
 
 K = 9
 
@@ -146,3 +146,30 @@ def test_cuda_matches_cpu() -> None:
     gpu.update(pred.cuda(), target.cuda())
     assert gpu.matrix.device.type == "cuda"
     assert torch.equal(gpu.matrix.cpu(), cpu.matrix)
+
+
+def test_false_positives_near_an_object_or_far_from_any() -> None:
+    # 1×40×60 (short side 40, radius 0.05 → 2 px): a person at rows 10-12, columns 10-12
+    target = torch.zeros(1, 40, 60, dtype=torch.long)
+    target[0, 10:13, 10:13] = 2
+    target[0, 30, 50] = 255  # ignored: never a false positive
+    pred = target.clone()
+    pred[0, 30, 50] = 2
+    pred[0, 14, 12] = 2       # 2 px below the person (Chebyshev): drawn too big
+    pred[0, 10, 15] = 2       # 3 px right of it: already far
+    pred[0, 35, 5] = 2        # far from any person
+    pred[0, 11, 11] = 0       # a missed person pixel is a false *background* pixel, near the background
+    fp = FalsePositiveDistance(radius=0.05)
+    fp.update(pred, target)
+    assert fp.counts[:, 2].tolist() == [1, 2] and fp.counts[:, 0].tolist() == [1, 0]
+    far = fp.far_fraction()
+    assert far[2] == pytest.approx(2 / 3) and far[0] == 0.0 and math.isnan(far[5])
+    # near + far is every false positive the confusion matrix counts
+    cm = ConfusionMatrix()
+    cm.update(pred, target)
+    m = cm.matrix
+    assert (fp.counts.sum(0) == m.sum(0) - m.diagonal()).all()
+    with pytest.raises(ValueError, match="B×H×W"):
+        fp.update(pred[0], target[0])
+    with pytest.raises(ValueError, match="radius"):
+        FalsePositiveDistance(radius=0)

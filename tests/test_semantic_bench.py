@@ -67,7 +67,8 @@ def _run(tiny: dict, out: Path, *extra: str) -> dict:
 def test_end_to_end_schema_every_kind_and_same_seed_same_numbers(tiny, tmp_path):
     first = _run(tiny, tmp_path / "a.json")
     kinds = ["ir", "vis", "avg", "max", "teacher", "student", "student8", "maxdir"]
-    assert set(first) == {"settings", "miou", "iou", "precision", "recall", "confusion_per_seed", "seeds"}
+    assert set(first) == {"settings", "miou", "iou", "precision", "recall", "confusion_per_seed",
+                          "false_positives_far", "seeds"}
     assert list(first["miou"]) == kinds and list(first["iou"]) == kinds and first["seeds"] == [0]
     for kind in kinds:
         assert 0.0 <= first["miou"][kind] <= 1.0
@@ -84,6 +85,9 @@ def test_end_to_end_schema_every_kind_and_same_seed_same_numbers(tiny, tmp_path)
         for name, expected in rates.items():
             got = np.array([np.nan if v is None else v for v in first[name][kind].values()])
             np.testing.assert_allclose(got, expected, rtol=1e-9)
+        far = [v for v in first["false_positives_far"][kind].values()]
+        assert all(v is None or 0.0 <= v <= 1.0 for v in far)
+        assert [v is None for v in far] == list(m.sum(0) - tp == 0)  # defined exactly where there are false positives
     # a folder of max fusions is the max kind, pixel for pixel: same training, same numbers
     assert first["miou"]["maxdir"] == first["miou"]["max"]
     assert first["iou"]["maxdir"] == first["iou"]["max"]

@@ -25,7 +25,7 @@ from .fusion import (
     standard_deviation,
     vif,
 )
-from .segmentation import ConfusionMatrix
+from .segmentation import ConfusionMatrix, FalsePositiveDistance
 from .stretch import STRETCH_MODES, apply_stretch
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "apply_stretch",
     "MIN_SIDE",
     "ConfusionMatrix",
+    "FalsePositiveDistance",
     "MetricAccumulator",
     "average_gradient",
     "correlation",
