@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -540,6 +539,15 @@ def evaluate_segmenter(model: nn.Module, images: Sequence[Tensor], labels: Seque
 # A whole run
 
 
+def _nan_mean(rows: Sequence[Sequence[float]]) -> List[float]:
+    """Column means of per-seed rows, skipping NaN (NaN only where every seed is NaN)."""
+    arr = np.asarray(rows, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        counts = (~np.isnan(arr)).sum(0)
+        sums = np.nansum(arr, 0)
+        return [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
+
+
 @dataclass
 class KindResult:
     """One kind's scores: per seed mIoU, per-class IoU (NaN for a class absent from both
@@ -572,18 +580,12 @@ class KindResult:
         """Per-class precision (``TP / predicted``) and recall (``TP / labelled``) averaged over the seeds
         whose confusion matrix is recorded (NaN where undefined in every seed): does a fusion lose a
         class by missing it or by inventing it?"""
-        out: Dict[str, List[float]] = {}
-        for rate in ("precision", "recall"):
-            per_seed = []
-            for matrix in self.confusion:
-                cm = ConfusionMatrix(len(matrix))
-                cm.matrix = torch.tensor(matrix, dtype=torch.int64)
-                per_seed.append(getattr(cm, rate)().tolist())
-            arr = np.asarray(per_seed, dtype=np.float64)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out[rate] = np.nanmean(arr, 0).tolist() if len(per_seed) else []
-        return out
+        precision, recall = [], []
+        for matrix in self.confusion:
+            cm = ConfusionMatrix(len(matrix)).merge(torch.tensor(matrix))
+            precision.append(cm.precision().tolist())
+            recall.append(cm.recall().tolist())
+        return {"precision": _nan_mean(precision), "recall": _nan_mean(recall)}
 
     @property
     def mean_miou(self) -> float:
@@ -592,11 +594,7 @@ class KindResult:
 
     def mean_iou(self) -> List[float]:
         """Per-class IoU averaged over seeds (NaN only where every seed is NaN)."""
-        arr = np.asarray(self.iou, dtype=np.float64)
-        with np.errstate(all="ignore"):
-            counts = (~np.isnan(arr)).sum(0)
-            sums = np.nansum(arr, 0)
-            return [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
+        return _nan_mean(self.iou)
 
     def far_false_positives(self) -> List[float]:
         """Per class, the fraction of false positives far from any labelled object of the class, pooled
@@ -629,10 +627,10 @@ class SegBenchResult:
             "seeds": list(self.seeds),
         }
         recorded = [k for k in self.kinds if k.confusion]
-        for rate in ("precision", "recall"):
-            if recorded:
-                out[rate] = {k.name: dict(zip(self.class_names, k.mean_rates()[rate])) for k in recorded}
         if recorded:
+            rates = {k.name: k.mean_rates() for k in recorded}
+            for rate in ("precision", "recall"):
+                out[rate] = {name: dict(zip(self.class_names, r[rate])) for name, r in rates.items()}
             out["confusion_per_seed"] = {k.name: k.confusion for k in recorded}
         located = [k for k in self.kinds if k.false_positives]
         if located:
@@ -727,8 +725,15 @@ def _train_and_score(train_images: Sequence[Tensor], test_images: Sequence[Tenso
     """One segmenter from scratch on ``train_images``, scored on ``test_images``:
     (mIoU, per-class IoU, prediction of the picture image, confusion matrix, false positives near/far)."""
     model = train_segmenter(train_images, train_labels, settings, seed, weights, on_step)
+    return _score(model, test_images, test_labels, settings, pic)
+
+
+def _score(model: nn.Module, images: Sequence[Tensor], labels: Sequence[Tensor], settings: SegBenchSettings,
+           pic: int) -> Tuple[float, List[float], Tensor, List[List[int]], List[List[int]]]:
+    """A trained segmenter's (mIoU, per-class IoU, prediction of the picture image, confusion matrix,
+    false positives near/far) on whole test images: one seed's :meth:`KindResult.add` arguments."""
     fp = FalsePositiveDistance(getattr(model, "num_classes", 9), ignore_index=IGNORE_INDEX)
-    cm, kept = evaluate_segmenter(model, test_images, test_labels, settings.eval_batch, keep=[pic], false_positives=fp)
+    cm, kept = evaluate_segmenter(model, images, labels, settings.eval_batch, keep=[pic], false_positives=fp)
     return cm.miou(), cm.iou().tolist(), kept[pic], cm.matrix.tolist(), fp.counts.tolist()
 
 
@@ -876,10 +881,10 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
     for kind in kinds:
         t0 = time.time()
         images = segmenter_inputs(kind, test, settings)
-        fp = FalsePositiveDistance(getattr(segmenter, "num_classes", 9), ignore_index=IGNORE_INDEX)
-        cm, kept = evaluate_segmenter(segmenter, images, test.labels, settings.eval_batch, keep=[pic], false_positives=fp)
-        results.append(KindResult(kind.name, [cm.miou()], [cm.iou().tolist()], time.time() - t0,
-                                  images[pic], kept[pic], [cm.matrix.tolist()], [fp.counts.tolist()]))
+        result = KindResult(kind.name, picture_image=images[pic])
+        result.add(*_score(segmenter, images, test.labels, settings, pic))
+        result.seconds = time.time() - t0
+        results.append(result)
         say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
     record = _base_settings(settings, kinds, skipped or {}, "quick")
     for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",
