@@ -78,6 +78,8 @@ class SegBenchSettings:
     ``class_crops``: probability that a training crop is placed around a pixel of a labelled class
     drawn uniformly among the classes present in the image (rare classes seen as often as common
     ones, in the spirit of DAFormer's rare-class sampling); 0 = plain random crops;
+    ``weight_c``: the ``c`` of the ENet weights ``1 / ln(c + p_k)`` of ``weighted`` (1.02, ENet's and
+    SeAFusion's: rare classes ≈ 30–50× background; a larger ``c`` softens them, e.g. 1.2: at most 5.5×);
     ``color``: the segmenter reads RGB, as SeAFusion's does — every kind's grey image recoloured
     with the visible image's chroma (Y + VIS CbCr → RGB), IR alone as grey RGB — instead of the
     grey image itself (False, the default every earlier number was measured with).
@@ -100,6 +102,7 @@ class SegBenchSettings:
     hflip: bool = True
     ema: float = 0.0
     class_crops: float = 0.0
+    weight_c: float = 1.02
     color: bool = False
 
     @property
@@ -123,6 +126,8 @@ class SegBenchSettings:
             raise ValueError(f"EMA decay must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.class_crops <= 1.0:
             raise ValueError(f"class-crop probability must be in [0, 1], got {self.class_crops}")
+        if not self.weight_c > 1.0:
+            raise ValueError(f"class-weight c must be greater than 1 (weights are 1/ln(c + p)), got {self.weight_c}")
         for name, hw in (("size", self.size), ("crop", self.crop)):
             if hw is not None and (len(hw) != 2 or min(hw) < 1):
                 raise ValueError(f"{name} must be HEIGHTxWIDTH with positive values, got {hw}")
@@ -788,7 +793,7 @@ def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skippe
     say(f"reading {settings.train_dir} and {settings.test_dir}")
     train = load_labelled_split(settings.train_dir, settings.size)
     test = load_labelled_split(settings.test_dir, settings.size)
-    weights = class_weights_from_labels(torch.cat([y.flatten() for y in train.labels]))
+    weights = class_weights_from_labels(torch.cat([y.flatten() for y in train.labels]), c=settings.weight_c)
     pic = pick_picture_index(test, picture_name)
     results: List[KindResult] = []
     if workers == 1:
@@ -888,7 +893,7 @@ def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Seq
         say(f"{kind.name}: mIoU {results[-1].miou[0]:.4f}")
     record = _base_settings(settings, kinds, skipped or {}, "quick")
     for key in ("train_dir", "crop", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seg_loss",
-                "hflip", "ema", "class_crops"):
+                "hflip", "ema", "class_crops", "weight_c"):
         record.pop(key, None)
     record.update({"segmenter": str(Path(segmenter_dir).resolve()), "segmenter_arch": segmenter.arch_config(),
                    "test_pairs": len(test), "picture_image": test.names[pic],

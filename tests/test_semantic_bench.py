@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +361,20 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tiny, tmp_path
     assert not out_path.exists() and not out_path.with_suffix(".png").exists()
 
 
+def test_weight_c_sets_the_enet_weights_the_segmenters_train_with(tiny, tmp_path):
+    """``--weight-c`` is ENet's ``c``: the recorded weights are 1/ln(c + p) of the training labels'
+    class frequencies (counted here independently); the default is ENet's 1.02."""
+    counts = np.zeros(9)
+    for f in sorted((tiny["train"] / "Segmentation_labels").iterdir()):
+        counts += np.bincount(np.asarray(Image.open(f)).ravel(), minlength=9)
+    p = counts / counts.sum()
+    runs = {c: _run(tiny, tmp_path / f"c{c}.json", "--kinds", "ir", "--weight-c", c) for c in ("1.02", "1.5")}
+    for c, out in runs.items():
+        assert out["settings"]["weight_c"] == float(c)
+        np.testing.assert_allclose(out["settings"]["class_weights"], 1.0 / np.log(float(c) + p), rtol=1e-9)
+    assert runs["1.02"]["miou"]["ir"] == _run(tiny, tmp_path / "default.json", "--kinds", "ir")["miou"]["ir"]
+
+
 def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
     base = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", "ir"]
     for extra, expected in ((["--kinds", "thermal"], "unknown input kind 'thermal'"),
@@ -371,6 +386,7 @@ def test_bad_options_are_one_line_errors(tiny, tmp_path, capsys):
                             (["--first-seed", "-1"], "--first-seed"),
                             (["--ema", "1.5"], "EMA decay"),
                             (["--class-crops", "2"], "class-crop probability"),
+                            (["--weight-c", "1.0"], "class-weight c must be greater than 1"),
                             (["--quick", str(tmp_path)], "no exported segmenter"),
                             (["--png", str(tmp_path)], "is a folder; --png takes a file path"),
                             (["--json", str(tmp_path)], "is a folder; --json takes a file path")):
@@ -387,6 +403,39 @@ def test_benchmark_script_uses_the_same_code(tiny, tmp_path):
     data = json.loads(out.read_text())
     assert list(data["miou"]) == ["vis"] and math.isfinite(data["miou"]["vis"])
     assert script.main(["--test", str(tmp_path / "nope")]) == 2
+
+
+def test_device_cache_gives_the_numbers_of_the_image_folders(tmp_path, monkeypatch):
+    """``benchmarks/device``: a split cached by ``make_cache.py`` and benchmarked by
+    ``segbench_cached.py`` scores exactly as the benchmark on the image folders themselves."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "msrs"
+    _split(data / "train", ["a", "b"], 2, 480, 640)
+    _split(data / "val", ["c", "d"], 3, 480, 640)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEGBENCH_CACHE": str(tmp_path / "c.npz")}
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "device" / "make_cache.py"), "--data", str(data),
+                    "--out", str(tmp_path / "c.npz")], check=True, env=env, capture_output=True)
+    common = ["--kinds", "ir", "max", *TINY[2:], "--size", "240x320", "--workers", "1"]
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "device" / "segbench_cached.py"), *common,
+                    "--json", str(tmp_path / "cached.json")], check=True, env=env, capture_output=True, cwd=tmp_path)
+    assert main(["segbench", "--train", str(data / "train"), "--test", str(data / "val"), *common,
+                 "--json", str(tmp_path / "folders.json")]) == 0
+    cached, folders = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cached", "folders"))
+    assert cached["miou"] == folders["miou"] and cached["confusion_per_seed"] == folders["confusion_per_seed"]
+    assert cached["settings"]["class_weights"] == folders["settings"]["class_weights"]
+    # and the cached tensors are the folders' own, bit for bit
+    from dfsfuse.semantic_bench import load_labelled_split
+
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "c.npz"))
+    cached_split = load_script(REPO / "benchmarks" / "device" / "segbench_cached.py", "segbench_cached").load(
+        data / "val", (240, 320))
+    split = load_labelled_split(data / "val", (240, 320))
+    assert cached_split.names == split.names == ["c", "d"] and cached_split.native == split.native
+    for key in ("ir", "vis", "labels"):
+        for a, b in zip(getattr(cached_split, key), getattr(split, key)):
+            assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 def test_parser_constants_agree_with_the_library_and_import_no_torch():

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
     parser.add_argument("--class-crops", type=float, metavar="P",
                         help="probability that a training crop is placed around a pixel of a class drawn uniformly "
                              "among those present (rare-class sampling; default 0: plain random crops)")
+    parser.add_argument("--weight-c", type=float, metavar="C",
+                        help="c of the ENet class weights 1/ln(c + p) of --loss weighted (default 1.02, ENet's and "
+                             "SeAFusion's; larger is softer, e.g. 1.2)")
     parser.add_argument("--color", action="store_true",
                         help="segmenters read RGB, as SeAFusion's does: each kind's grey image recoloured with the "
                              "visible chroma (IR alone as grey RGB); default: the grey image")
@@ -122,7 +125,7 @@ def settings_from_args(args: argparse.Namespace):
         overrides["color"] = True
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                        ("segmenter", args.segmenter), ("seg_loss", args.loss), ("ema", args.ema),
-                       ("class_crops", args.class_crops)):
+                       ("class_crops", args.class_crops), ("weight_c", args.weight_c)):
         if value is not None:
             overrides[key] = value
     size = _hw(args.size, "--size", ("native", "none", "full"))

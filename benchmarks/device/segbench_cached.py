@@ -1,0 +1,54 @@
+"""``benchmarks/semantic.py`` with ``msrs/train`` and ``msrs/val`` read from the cache of
+``make_cache.py`` (``$SEGBENCH_CACHE``, default ``.gpu/msrs240.npz``) instead of image folders: the
+same tensors, so the same protocol, on a machine without ``../shared``. Fast setting sizes only.
+
+    python benchmarks/device/segbench_cached.py --device cuda --workers 10 --threads 1 \\
+        --kinds max semantic-student --seeds 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dfsfuse.semantic_bench as sb
+
+
+
+def cache() -> np.lib.npyio.NpzFile:
+    """The cache named by ``$SEGBENCH_CACHE`` (default ``.gpu/msrs240.npz``)."""
+    return np.load(os.environ.get("SEGBENCH_CACHE", ".gpu/msrs240.npz"))
+
+
+def load(root, size=None) -> sb.LabelledSplit:
+    """The cached split named like ``root`` (``train`` or ``val``), at the cached 240×320 only."""
+    split, CACHE = Path(root).name, cache()
+    if size is None or tuple(size) != (240, 320):
+        raise ValueError(f"the cache holds 240x320 images, not {size}")
+    names = [str(n) for n in CACHE[f"{split}_names"]]
+    return sb.LabelledSplit(
+        Path(root), names,
+        [torch.from_numpy(a.copy()) for a in CACHE[f"{split}_ir"]],
+        [torch.from_numpy(a.copy()) for a in CACHE[f"{split}_vis"]],
+        [torch.full((2, 240, 320), 0.5) for _ in names],  # neutral chroma: pictures come out grey
+        [torch.from_numpy(a.astype(np.int64)) for a in CACHE[f"{split}_labels"]],
+        [tuple(int(v) for v in n) for n in CACHE[f"{split}_native"]])
+
+
+
+
+def main() -> None:
+    """The benchmark's command line, reading the cache: ``--train``/``--test`` are the cached splits."""
+    sb.load_labelled_split = load
+    sb.check_labelled_folder = lambda root: len(cache()[f"{Path(root).name}_names"])
+    sys.argv = ["benchmarks/semantic.py", "--train", "msrs/train", "--test", "msrs/val", *sys.argv[1:]]
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "semantic.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
