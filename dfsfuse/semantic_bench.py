@@ -832,7 +832,8 @@ def _run_in_workers(settings: SegBenchSettings, kinds: Sequence[InputKind], trai
         train_images, test_images, result = _render_kind(kind, train, test, settings, pic, say)
         rendered.append((train_images, test_images))
         results.append(result)
-    tasks = [(k, seed) for k in range(len(kinds)) for seed in settings.seeds]
+    # Seed-major: a run stopped early (its log lines) holds whole seeds of every kind, paired, not whole kinds.
+    tasks = [(k, seed) for seed in settings.seeds for k in range(len(kinds))]
     data = {"rendered": rendered, "train_labels": train.labels, "test_labels": test.labels, "settings": settings,
             "weights": list(weights), "pic": pic}
     scores: Dict[Tuple[int, int], Tuple[Tuple[Any, ...], float]] = {}
