@@ -23,7 +23,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -764,11 +764,38 @@ def _worker_task(kind_index: int, seed: int) -> Tuple[Tuple[Any, ...], float]:
     return scores, time.time() - t0
 
 
+Scores = Tuple[Tuple[Any, ...], float]
+"""One segmenter's :meth:`KindResult.add` arguments and its seconds."""
+
+
+def _assemble(rendered: Sequence[KindResult], scores: Mapping[Tuple[int, int], Scores],
+              seeds: Sequence[int]) -> List[KindResult]:
+    """Per-kind results of ``seeds`` (in order) from the finished segmenters ``scores[(kind index, seed)]``;
+    ``rendered`` holds each kind's picture image and rendering time. ``seconds`` of a kind: its rendering
+    plus its segmenters' time (summed, not wall time, with workers)."""
+    results = []
+    for k, r in enumerate(rendered):
+        result = KindResult(r.name, picture_image=r.picture_image, seconds=r.seconds)
+        for seed in seeds:
+            seed_scores, seconds = scores[(k, seed)]
+            result.add(*seed_scores)
+            result.seconds += seconds
+        results.append(result)
+    return results
+
+
 def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skipped: Optional[Dict[str, str]] = None,
                   picture_name: Optional[str] = None, say: Reporter = lambda _: None,
                   progress: Optional[Callable[..., Any]] = None, workers: int = 1,
-                  worker_threads: int = 1) -> Tuple[SegBenchResult, LabelledSplit]:
+                  worker_threads: int = 1,
+                  checkpoint: Optional[Callable[[SegBenchResult], None]] = None) -> Tuple[SegBenchResult, LabelledSplit]:
     """Train one segmenter per kind and seed, score each on the test folder.
+
+    Every kind is rendered first; then the segmenters run seed-major (seed 0 of every kind, then
+    seed 1, ...), so a run stopped early has finished whole seeds, paired across kinds.
+    ``checkpoint(result)``, when given, is called after each segmenter but the last once at least one
+    seed is finished for every kind, with a result holding those seeds only (``settings["partial"]``
+    says how many segmenters were done): write it to keep a stopped run's finished seeds.
 
     ``progress(description, total)`` returns a context manager with ``update(step, loss)``
     (e.g. :class:`dfsfuse.train.progress.StageProgress`); with ``workers > 1`` it is called once,
@@ -776,9 +803,9 @@ def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skippe
     finish. ``say`` prints notes.
 
     ``workers > 1`` trains the (kind, seed) segmenters in that many spawned processes of
-    ``worker_threads`` torch threads each (every kind is rendered first, in this process). Each
-    segmenter's numbers equal a one-process run with ``worker_threads`` threads: on a 2-core CPU, two
-    one-thread workers train 1.6× as many segmenters per hour as one two-thread process.
+    ``worker_threads`` torch threads each. Each segmenter's numbers equal a one-process run with
+    ``worker_threads`` threads: on a 2-core CPU, two one-thread workers train 1.6× as many segmenters
+    per hour as one two-thread process.
     """
     from .losses import class_weights_from_labels
 
@@ -793,53 +820,64 @@ def run_benchmark(settings: SegBenchSettings, kinds: Sequence[InputKind], skippe
     say(f"reading {settings.train_dir} and {settings.test_dir}")
     train = load_labelled_split(settings.train_dir, settings.size)
     test = load_labelled_split(settings.test_dir, settings.size)
-    weights = class_weights_from_labels(torch.cat([y.flatten() for y in train.labels]), c=settings.weight_c)
+    weights = list(class_weights_from_labels(torch.cat([y.flatten() for y in train.labels]), c=settings.weight_c))
     pic = pick_picture_index(test, picture_name)
-    results: List[KindResult] = []
-    if workers == 1:
-        for kind in kinds:
-            t0 = time.time()
-            train_images, test_images, result = _render_kind(kind, train, test, settings, pic, say)
-            for seed in settings.seeds:
-                bar = progress(f"{kind.name} seed {seed}", settings.steps) if progress else None
-                with bar if bar is not None else contextlib.nullcontext():
-                    result.add(*_train_and_score(train_images, test_images, train.labels, test.labels, settings,
-                                                 seed, weights, pic, bar.update if bar is not None else None))
-                say(f"{kind.name} seed {seed}: mIoU {result.miou[-1]:.4f}")
-            result.seconds = time.time() - t0
-            results.append(result)
-    else:
-        results = _run_in_workers(settings, kinds, train, test, weights, pic, say, progress, workers, worker_threads)
     record = _base_settings(settings, kinds, skipped or {}, "train")
-    if workers > 1:  # processes actually started (no more than segmenters to train)
-        record.update({"workers": min(workers, len(kinds) * len(settings.seeds)), "torch_threads": worker_threads})
-    record.update({"class_weights": list(weights), "train_pairs": len(train), "test_pairs": len(test),
-                   "picture_image": test.names[pic], "seconds_per_kind": {r.name: round(r.seconds, 1) for r in results},
+    record.update({"class_weights": weights, "train_pairs": len(train), "test_pairs": len(test),
+                   "picture_image": test.names[pic]})
+    rendered_images, rendered = [], []
+    for kind in kinds:
+        train_images, test_images, result = _render_kind(kind, train, test, settings, pic, say)
+        rendered_images.append((train_images, test_images))
+        rendered.append(result)
+    tasks = [(k, seed) for seed in settings.seeds for k in range(len(kinds))]
+    scores: Dict[Tuple[int, int], Scores] = {}
+
+    def finished(k: int, seed: int, entry: Scores) -> None:
+        scores[(k, seed)] = entry
+        say(f"{kinds[k].name} seed {seed}: mIoU {entry[0][0]:.4f}")
+        if checkpoint is None or len(scores) == len(tasks):
+            return
+        done = [s for s in settings.seeds if all((i, s) in scores for i in range(len(kinds)))]
+        if done:
+            partial = {**record, "partial": f"{len(scores)} of {len(tasks)} segmenters finished; "
+                                            f"seeds {', '.join(map(str, done))} of every kind kept",
+                       "wall_time_s": round(time.time() - started, 1)}
+            checkpoint(SegBenchResult(partial, _assemble(rendered, scores, done), done))
+
+    if workers == 1:
+        for k, seed in tasks:
+            bar = progress(f"{kinds[k].name} seed {seed}", settings.steps) if progress else None
+            t0 = time.time()
+            with bar if bar is not None else contextlib.nullcontext():
+                out = _train_and_score(*rendered_images[k], train.labels, test.labels, settings, seed, weights, pic,
+                                       bar.update if bar is not None else None)
+            finished(k, seed, (out, time.time() - t0))
+    else:
+        workers = min(workers, len(tasks))  # processes actually started
+        record.update({"workers": workers, "torch_threads": worker_threads})
+        _run_in_workers(settings, tasks, rendered_images, train, test, weights, pic, say, progress, workers,
+                        worker_threads, finished)
+    results = _assemble(rendered, scores, settings.seeds)
+    record.update({"seconds_per_kind": {r.name: round(r.seconds, 1) for r in results},
                    "wall_time_s": round(time.time() - started, 1)})
     return SegBenchResult(record, results, list(settings.seeds)), test
 
 
-def _run_in_workers(settings: SegBenchSettings, kinds: Sequence[InputKind], train: LabelledSplit,
-                    test: LabelledSplit, weights: Sequence[float], pic: int, say: Reporter,
-                    progress: Optional[Callable[..., Any]], workers: int, threads: int) -> List[KindResult]:
-    """Render every kind here, then train and score every (kind, seed) in a process pool.
-    ``seconds`` of a kind: its rendering plus its segmenters' time (summed over workers, not wall time)."""
+def _run_in_workers(settings: SegBenchSettings, tasks: Sequence[Tuple[int, int]],
+                    rendered: Sequence[Tuple[List[Tensor], List[Tensor]]], train: LabelledSplit, test: LabelledSplit,
+                    weights: Sequence[float], pic: int, say: Reporter, progress: Optional[Callable[..., Any]],
+                    workers: int, threads: int, finished: Callable[[int, int, Scores], None]) -> None:
+    """Train and score every (kind index, seed) of ``tasks`` in a pool of ``workers`` processes,
+    submitted in order; ``finished(k, seed, scores)`` as each ends."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    rendered, results = [], []
-    for kind in kinds:
-        train_images, test_images, result = _render_kind(kind, train, test, settings, pic, say)
-        rendered.append((train_images, test_images))
-        results.append(result)
-    # Seed-major: a run stopped early (its log lines) holds whole seeds of every kind, paired, not whole kinds.
-    tasks = [(k, seed) for seed in settings.seeds for k in range(len(kinds))]
-    data = {"rendered": rendered, "train_labels": train.labels, "test_labels": test.labels, "settings": settings,
-            "weights": list(weights), "pic": pic}
-    scores: Dict[Tuple[int, int], Tuple[Tuple[Any, ...], float]] = {}
-    workers = min(workers, len(tasks))
+    data = {"rendered": list(rendered), "train_labels": train.labels, "test_labels": test.labels,
+            "settings": settings, "weights": list(weights), "pic": pic}
     say(f"training {len(tasks)} segmenters in {workers} processes of {threads} thread(s)")
     bar = progress("segmenters", len(tasks), metric="mIoU", unit="segmenter") if progress else None
+    done = 0
     with bar if bar is not None else contextlib.nullcontext(), \
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                 initargs=(data, threads)) as pool:
@@ -847,21 +885,15 @@ def _run_in_workers(settings: SegBenchSettings, kinds: Sequence[InputKind], trai
         for future in as_completed(futures):
             k, seed = futures[future]
             try:
-                scores[(k, seed)] = future.result()
+                entry = future.result()
             except BaseException:
                 for other in futures:  # do not start the rest; running ones end with the pool
                     other.cancel()
                 raise
-            miou = scores[(k, seed)][0][0]
-            say(f"{kinds[k].name} seed {seed}: mIoU {miou:.4f}")
+            finished(k, seed, entry)
+            done += 1
             if bar is not None:
-                bar.update(len(scores), miou)
-    for k, result in enumerate(results):  # seeds in order, as the one-process path records them
-        for seed in settings.seeds:
-            seed_scores, seconds = scores[(k, seed)]
-            result.add(*seed_scores)
-            result.seconds += seconds
-    return results
+                bar.update(done, entry[0][0])
 
 
 def run_quick(segmenter_dir: os.PathLike, settings: SegBenchSettings, kinds: Sequence[InputKind],

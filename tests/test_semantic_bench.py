@@ -57,11 +57,14 @@ def tiny(tmp_path_factory) -> dict:
     return {"root": root, "train": train, "test": test, "teacher": root / "teacher", "fused": fused}
 
 
-def _run(tiny: dict, out: Path, *extra: str) -> dict:
-    argv = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--teacher", str(tiny["teacher"]),
+def _argv(tiny: dict, out: Path, *extra: str) -> list:
+    return ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--teacher", str(tiny["teacher"]),
             "--model", f"student8={REPO / 'dfsfuse' / 'assets' / 'student'}", "--fused", f"maxdir={tiny['fused']}",
             *TINY, "--json", str(out), *extra]
-    assert main(argv) == 0
+
+
+def _run(tiny: dict, out: Path, *extra: str) -> dict:
+    assert main(_argv(tiny, out, *extra)) == 0
     return json.loads(out.read_text())
 
 
@@ -117,6 +120,33 @@ def test_several_seeds_record_mean_and_per_seed(tiny, tmp_path):
     assert later["seeds"] == [1]
     for kind, miou in later["miou"].items():
         assert miou == out["miou_per_seed"][kind][1]
+
+
+def test_a_stopped_run_keeps_its_finished_seeds_in_a_partial_json(tiny, tmp_path, monkeypatch, capsys):
+    """Segmenters run seed-major; a run of four kinds and two seeds stopped during its fifth segmenter
+    exits 130 and leaves ``FILE.partial.json`` with seed 0 of every kind, equal to seed 0 of the full
+    run; a full run removes its partial file."""
+    import dfsfuse.semantic_bench as sb
+
+    args = ["--kinds", "ir", "max", "--seeds", "2"]  # + _run's student8 and maxdir kinds
+    full = _run(tiny, tmp_path / "full.json", *args)
+    assert not (tmp_path / "full.partial.json").exists()
+    real, calls = sb._train_and_score, []
+
+    def stop_at_fifth(*a, **kw):
+        calls.append(a[5])  # the seed
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sb, "_train_and_score", stop_at_fifth)
+    assert main(_argv(tiny, tmp_path / "cut.json", *args)) == 130 and "interrupted" in capsys.readouterr().err
+    assert calls == [0, 0, 0, 0, 1]  # seed 0 of every kind first
+    assert not (tmp_path / "cut.json").exists()
+    kept = json.loads((tmp_path / "cut.partial.json").read_text())
+    assert kept["seeds"] == [0] and kept["settings"]["partial"].startswith("4 of 8 segmenters finished")
+    assert kept["miou"] == {k: v[0] for k, v in full["miou_per_seed"].items()}
+    assert kept["confusion_per_seed"] == {k: v[:1] for k, v in full["confusion_per_seed"].items()}
 
 
 def test_worker_plan_defaults_to_one_thread_per_core_on_cpu_only():

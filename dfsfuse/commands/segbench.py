@@ -87,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
                              "--workers 1 --threads 1 reproduces the default's numbers, --workers 1 alone does not)")
     parser.add_argument("--picture-image", metavar="STEM",
                         help="test image shown in the picture (default: the one with the most classes)")
-    parser.add_argument("--json", type=Path, default=json_default, help="write the results to this JSON file")
+    parser.add_argument("--json", type=Path, default=json_default, help="write the results to this JSON file (while training, FILE.partial.json holds the "
+                             "seeds finished by every kind, removed at the end: a stopped run keeps them)")
     parser.add_argument("--png", type=Path,
                         help="write the picture here (default: the --json path with .png; none without --json)")
 
@@ -159,6 +160,26 @@ def worker_plan(workers: Optional[int], threads: Optional[int], device: str,
     return workers, threads or max(1, cores // workers)
 
 
+class PartialResults:
+    """Where a training run keeps its finished seeds while it runs: ``FILE.partial.json`` beside
+    ``--json FILE``, rewritten (atomically) as each seed of every kind finishes and removed once
+    ``FILE`` is written, so a run stopped by a time limit or Ctrl-C leaves its finished seeds."""
+
+    def __init__(self, final: Path) -> None:
+        self.path = final.with_name(final.stem + ".partial.json")
+        self.written = False
+
+    def save(self, result) -> None:
+        """Write ``result`` (a :class:`dfsfuse.semantic_bench.SegBenchResult` of the finished seeds)."""
+        result.save_json(self.path)
+        self.written = True
+
+    def remove(self) -> None:
+        """Remove the file this run wrote (never one it did not)."""
+        if self.written:
+            self.path.unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark (or the quick mode), print the table, write JSON and picture when asked."""
     import torch
@@ -188,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # logs: wide enough for the per-class table
         console = Console(width=150)
     say = lambda text: console.print(f"[dim]{text}[/]")  # noqa: E731
+    partial = PartialResults(args.json) if args.json and args.quick is None else None
     quick_dir = None
     if args.quick is not None:
         quick_dir = Path(args.quick) if args.quick else package_asset("segmenter")
@@ -203,11 +225,14 @@ def run(args: argparse.Namespace) -> int:
         workers, threads = worker_plan(args.workers, args.threads, settings.device)
         result, test = run_benchmark(settings, kinds, skipped, args.picture_image, say,
                                      progress=lambda name, total, **kw: StageProgress(name, total, **kw),
-                                     workers=workers, worker_threads=threads)
+                                     workers=workers, worker_threads=threads,
+                                     checkpoint=partial.save if partial else None)
     print_table(result, console)
     console.print(f"wall time {result.settings['wall_time_s']:.0f} s")
     if args.json:
         console.print(f"wrote {result.save_json(args.json)}")
+        if partial:
+            partial.remove()
     if png:
         console.print(f"wrote {save_picture(result, test, png)}")
     return 0
