@@ -79,7 +79,7 @@ class SegBenchSettings:
     drawn uniformly among the classes present in the image (rare classes seen as often as common
     ones, in the spirit of DAFormer's rare-class sampling); 0 = plain random crops;
     ``weight_c``: the ``c`` of the ENet weights ``1 / ln(c + p_k)`` of ``weighted`` (1.02, ENet's and
-    SeAFusion's: rare classes ≈ 30–50× background; a larger ``c`` softens them, e.g. 1.2: at most 5.5×);
+    SeAFusion's: MSRS's rare classes ≈ 14–31× background; a larger ``c`` softens them, e.g. 1.2: ≈ 4×);
     ``color``: the segmenter reads RGB, as SeAFusion's does — every kind's grey image recoloured
     with the visible image's chroma (Y + VIS CbCr → RGB), IR alone as grey RGB — instead of the
     grey image itself (False, the default every earlier number was measured with).

@@ -87,8 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser, json_default: Optional[Path] 
                              "--workers 1 --threads 1 reproduces the default's numbers, --workers 1 alone does not)")
     parser.add_argument("--picture-image", metavar="STEM",
                         help="test image shown in the picture (default: the one with the most classes)")
-    parser.add_argument("--json", type=Path, default=json_default, help="write the results to this JSON file (while training, FILE.partial.json holds the "
-                             "seeds finished by every kind, removed at the end: a stopped run keeps them)")
+    parser.add_argument("--json", type=Path, default=json_default,
+                        help="write the results to this JSON file (while training, FILE.partial.json holds "
+                             "the seeds every kind has finished, removed at the end: a stopped run keeps them)")
     parser.add_argument("--png", type=Path,
                         help="write the picture here (default: the --json path with .png; none without --json)")
 
