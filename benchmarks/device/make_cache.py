@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfsfuse.semantic_bench import default_data_root, load_labelled_split
+from dfsfuse.semantic_bench import default_data_root, fast_settings, load_labelled_split
 
-SIZE = (240, 320)
+SIZE = fast_settings().size  # the fast setting's working resolution, 240×320
 
 
 def main() -> None:

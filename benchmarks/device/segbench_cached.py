@@ -19,27 +19,26 @@ import torch
 import dfsfuse.semantic_bench as sb
 
 
-
 def cache() -> np.lib.npyio.NpzFile:
     """The cache named by ``$SEGBENCH_CACHE`` (default ``.gpu/msrs240.npz``)."""
     return np.load(os.environ.get("SEGBENCH_CACHE", ".gpu/msrs240.npz"))
 
 
 def load(root, size=None) -> sb.LabelledSplit:
-    """The cached split named like ``root`` (``train`` or ``val``), at the cached 240×320 only."""
-    split, CACHE = Path(root).name, cache()
-    if size is None or tuple(size) != (240, 320):
-        raise ValueError(f"the cache holds 240x320 images, not {size}")
-    names = [str(n) for n in CACHE[f"{split}_names"]]
+    """The cached split named like ``root`` (``train`` or ``val``), at the cached size only."""
+    split, arrays = Path(root).name, cache()
+    ir = arrays[f"{split}_ir"]
+    cached = tuple(ir.shape[-2:])
+    if size is None or tuple(size) != cached:
+        raise ValueError(f"the cache holds {cached[0]}x{cached[1]} images, not {size}")
+    names = [str(n) for n in arrays[f"{split}_names"]]
     return sb.LabelledSplit(
         Path(root), names,
-        [torch.from_numpy(a.copy()) for a in CACHE[f"{split}_ir"]],
-        [torch.from_numpy(a.copy()) for a in CACHE[f"{split}_vis"]],
-        [torch.full((2, 240, 320), 0.5) for _ in names],  # neutral chroma: pictures come out grey
-        [torch.from_numpy(a.astype(np.int64)) for a in CACHE[f"{split}_labels"]],
-        [tuple(int(v) for v in n) for n in CACHE[f"{split}_native"]])
-
-
+        [torch.from_numpy(a.copy()) for a in ir],
+        [torch.from_numpy(a.copy()) for a in arrays[f"{split}_vis"]],
+        [torch.full((2, *cached), 0.5) for _ in names],  # neutral chroma: pictures come out grey
+        [torch.from_numpy(a.astype(np.int64)) for a in arrays[f"{split}_labels"]],
+        [tuple(int(v) for v in n) for n in arrays[f"{split}_native"]])
 
 
 def main() -> None:
