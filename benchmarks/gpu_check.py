@@ -15,6 +15,9 @@ Steps (each in its own process, log in ``OUT/<step>.log``):
    CUDA against the same computation on CPU (relative difference ≤ 1e-4, NaN where NaN).
 4. ``speed``: ``benchmarks/speed.py --device cuda`` (latency from CUDA events) for the
    teacher and the student in eager fp32 and bf16; every record must be ``ok``.
+5. ``segmenter``: the semantic benchmark's segmenter trained twice with one seed on CUDA (60 steps
+   on synthetic 96×128 scenes) must end with bit-identical weights; the same two runs without
+   :func:`dfsfuse.semantic_bench.cuda_determinism` are reported beside it (they differed on an H200).
 
 Exit code 1 when any step FAILs, else 0. Without CUDA every step is SKIP and the exit code 0.
 Writes ``OUT/gpu_check.json`` with each step's status, detail and seconds.
@@ -40,12 +43,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
-STEPS = ("distill", "distill_2gpu", "metrics", "speed")
+STEPS = ("distill", "distill_2gpu", "metrics", "speed", "segmenter")
 TITLES = {
     "distill": "distillation, 1 GPU, bf16",
     "distill_2gpu": "distillation, 2 GPUs (DDP), bf16",
     "metrics": "fusion metrics on CUDA vs CPU",
     "speed": "speed benchmark on CUDA (CUDA events)",
+    "segmenter": "segmenter training repeats a seed on CUDA",
 }
 RECIPE_OVERRIDES = ("teacher.steps=20", "student.steps=20", "eval.max_images=1", "eval.latency_runs=1")
 METRIC_RTOL = 1e-4
@@ -194,6 +198,40 @@ def check_speed(out: Path, timeout: float, device: str = "cuda", size: str = "48
     return StepResult("speed", PASS, f"p50 at {size}, batch 1: {p50}")
 
 
+def compare_segmenter_runs(device: str = "cuda", steps: int = 60) -> Dict[str, float]:
+    """Largest weight difference between two segbench segmenters trained with one seed on ``device``:
+    ``deterministic`` as the benchmark trains them, ``plain`` without its CUDA determinism (0 on a CPU)."""
+    import torch
+
+    from dfsfuse.semantic_bench import _train_segmenter, fast_settings, train_segmenter
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (1, 96, 128), generator=g, dtype=torch.uint8) for _ in range(12)]
+    labels = [torch.randint(0, 9, (96, 128), generator=g) for _ in range(12)]
+    settings = fast_settings(device=device, steps=steps, batch_size=4, crop=(64, 96), warmup_steps=5)
+
+    def weights(model: "torch.nn.Module") -> List["torch.Tensor"]:
+        return [t.detach().to("cpu", torch.float64) for t in model.state_dict().values()]
+
+    def largest(a: List["torch.Tensor"], b: List["torch.Tensor"]) -> float:
+        return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+    runs = {"deterministic": lambda: train_segmenter(images, labels, settings, seed=0),
+            "plain": lambda: _train_segmenter(images, labels, settings, 0, None, None, None, torch.device(device))}
+    return {name: largest(weights(train()), weights(train())) for name, train in runs.items()}
+
+
+def check_segmenter(out: Path, timeout: float) -> StepResult:
+    """:func:`compare_segmenter_runs` on CUDA in a child process."""
+    code, text = run_logged([sys.executable, __file__, "--segmenter-worker"], out / "segmenter.log", timeout)
+    if code != 0:
+        return StepResult("segmenter", FAIL, f"exit {code}: {_last_line(text)}")
+    result = json.loads(text.strip().splitlines()[-1])
+    detail = (f"same seed twice: largest weight difference {result['deterministic']:.3g} "
+              f"({result['plain']:.3g} without the benchmark's CUDA determinism)")
+    return StepResult("segmenter", PASS if result["deterministic"] == 0 else FAIL, detail)
+
+
 def run_steps(steps: Sequence[str], out: Path, gpus: int, timeout: float,
               report: Callable[[StepResult], None] = lambda r: None) -> List[StepResult]:
     """Run the chosen steps with ``gpus`` CUDA devices visible; every step gives one result."""
@@ -212,6 +250,8 @@ def run_steps(steps: Sequence[str], out: Path, gpus: int, timeout: float,
                     result = check_distill(out, 2, timeout)
                 elif step == "metrics":
                     result = check_metrics(out, timeout)
+                elif step == "segmenter":
+                    result = check_segmenter(out, timeout)
                 else:
                     result = check_speed(out, timeout)
             except Exception as exc:  # a broken check is a FAIL with its reason, never a traceback
@@ -229,7 +269,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for logs, runs and JSON (default: a new temporary folder)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per step (default 1800)")
     parser.add_argument("--metrics-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--segmenter-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.segmenter_worker:
+        print(json.dumps(compare_segmenter_runs("cuda")))
+        return 0
 
     if args.metrics_worker:
         worst, where, images = compare_metrics("cuda")

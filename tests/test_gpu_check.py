@@ -72,3 +72,19 @@ def test_speed_step_reads_the_benchmark_json(tmp_path):
     result = gpu_check.check_speed(tmp_path, timeout=600, device="cpu", size="32x32", runs=2, isolate=False)
     assert result.status == gpu_check.PASS, result.detail
     assert "teacher eager" in result.detail and "student bf16" in result.detail
+
+
+def test_segmenter_comparison_code_path_on_cpu():
+    # On a CPU both ways of training repeat a seed bit for bit; on CUDA only the benchmark's way must.
+    result = gpu_check.compare_segmenter_runs("cpu", steps=3)
+    assert result == {"deterministic": 0.0, "plain": 0.0}
+
+
+def test_segmenter_step_fails_when_two_runs_differ(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "run_logged",
+                        lambda cmd, log, timeout: (0, '{"deterministic": 0.25, "plain": 0.5}\n'))
+    result = gpu_check.check_segmenter(tmp_path, timeout=60)
+    assert result.status == gpu_check.FAIL and "difference 0.25" in result.detail
+    monkeypatch.setattr(gpu_check, "run_logged",
+                        lambda cmd, log, timeout: (0, '{"deterministic": 0.0, "plain": 0.5}\n'))
+    assert gpu_check.check_segmenter(tmp_path, timeout=60).status == gpu_check.PASS

@@ -208,3 +208,40 @@ def test_script_rename_merges_one_model_measured_under_two_names(tmp_path, capsy
     assert "no kind 'nope' to rename" in capsys.readouterr().err
     assert script.main([str(a), str(b), "--subject", "v2", "--rename", str(c), "student", "v2"]) == 2
     assert "not among the results" in capsys.readouterr().err
+
+
+def test_welch_bound_against_a_hand_computation():
+    """Welch's bound: difference of means minus t(⌊df⌋) times the unpaired standard error."""
+    from dfsfuse.seed_claims import T95_ONE_SIDED, welch_lower_bound
+
+    a, b = [0.18, 0.17, 0.19, 0.175], [0.16, 0.15, 0.17]
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)  # 4.35 here
+    want = (np.mean(a) - np.mean(b)) - T95_ONE_SIDED[int(df) - 1] * np.sqrt(va + vb)
+    assert welch_lower_bound(a, b) == pytest.approx(want, abs=1e-12)
+    assert welch_lower_bound([0.2], b) is None
+    assert welch_lower_bound([0.2, 0.2], [0.1, 0.1]) == pytest.approx(0.1)
+    # unlike the paired bound, shuffling one side's seeds changes nothing
+    (v,) = compare_kinds({"s": dict(enumerate(a[:3])), "o": dict(enumerate(b))}, "s", ["o"]).versus
+    (w,) = compare_kinds({"s": dict(enumerate(a[:3])), "o": dict(enumerate(b[::-1]))}, "s", ["o"]).versus
+    assert v.welch_lower_bound == pytest.approx(w.welch_lower_bound) and v.lower_bound != w.lower_bound
+
+
+def test_script_notes_cuda_files_whose_seeds_do_not_repeat(tmp_path, capsys):
+    """A file from CUDA without the recorded cuda_determinism is named in a note and in the JSON; a CPU
+    file and a CUDA file that trained deterministically are not."""
+    script = load_script(REPO / "benchmarks" / "semantic_claims.py", "semantic_claims")
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(doc({"ir": [0.15, 0.16], "vis": [0.14, 0.17], "max": [0.16, 0.15]}, [0, 1],
+                                device="cuda")))
+    b.write_text(json.dumps(doc({"student": [0.18, 0.175]}, [0, 1], device="cpu")))
+    c.write_text(json.dumps(doc({"ir": [0.15, 0.16], "vis": [0.14, 0.17], "max": [0.16, 0.15]}, [0, 1],
+                                device="cuda:0", cuda_determinism=True)))
+    out = tmp_path / "claims.json"
+    assert script.main([str(a), str(b), "--subject", "student", "--json", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"note: {a} trained on CUDA without deterministic kernels" in printed
+    assert "unpaired 95%" in printed
+    assert json.loads(out.read_text())["unrepeatable_runs"] == [str(a)]
+    assert script.main([str(c), str(b), "--subject", "student"]) == 0
+    assert "note:" not in capsys.readouterr().out

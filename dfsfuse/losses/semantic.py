@@ -101,15 +101,35 @@ def segmentation_ce(
         class_weights = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
         if class_weights.shape != (logits.shape[1],):
             raise ValueError(f"class_weights need {logits.shape[1]} values, got shape {tuple(class_weights.shape)}")
-    loss_sum = F.cross_entropy(
-        logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum"
-    )
+    if logits.is_cuda and torch.are_deterministic_algorithms_enabled():
+        loss_sum = cross_entropy_sum(logits, labels, class_weights, ignore_index)
+    else:
+        loss_sum = F.cross_entropy(
+            logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum"
+        )
     valid = labels != ignore_index
     if class_weights is None:
         den = valid.sum().to(loss_sum.dtype)
     else:
         den = class_weights[labels[valid]].sum()
     return global_mean(loss_sum, den, 1e-12)
+
+
+def cross_entropy_sum(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None,
+                      ignore_index: int = 255) -> Tensor:
+    """``F.cross_entropy(logits, labels, weight=class_weights, ignore_index=, reduction="sum")``
+    from a log-softmax, a gather and a plain sum: the same value up to the order of the additions.
+
+    CUDA's NLL loss sums with atomic adds, so its value changes from run to run;
+    :func:`segmentation_ce` uses this instead on CUDA when deterministic algorithms are enabled.
+    """
+    valid = labels != ignore_index
+    target = torch.where(valid, labels, torch.zeros_like(labels))
+    picked = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    weight = valid.to(picked.dtype)
+    if class_weights is not None:
+        weight = weight * class_weights.to(picked.dtype)[target]
+    return -(picked * weight).sum()
 
 
 def seg_kl(

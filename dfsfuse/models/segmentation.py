@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import Tensor, nn
 
+from ..ops import upsample_bilinear
 from .blocks import crop_to, pad_to_multiple
 from .outputs import SegmentationModel, SegmentationOutput
 from .registry import register_model
@@ -75,7 +76,7 @@ class Segmenter(SegmentationModel):
         for level in reversed(levels[:-1]):
             merged.insert(0, level + F.interpolate(merged[0], size=level.shape[-2:], mode="nearest"))
         head = self.smooth(merged[0])
-        logits = F.interpolate(self.classifier(head), size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        logits = upsample_bilinear(self.classifier(head), padded.shape[-2:])  # deterministic backward on CUDA
 
         features: OrderedDict[str, Tensor] = OrderedDict()
         for reduction, level in zip(self.reductions, merged):
@@ -105,4 +106,4 @@ class FeatureSegHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """B×C×H×W fused features → B×K×H×W logits."""
         logits = self.classifier(self.body(features))
-        return F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        return upsample_bilinear(logits, features.shape[-2:])
