@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "yes" if v.paired else "no", f"{v.margin:+.4f}",
                       f"{v.mean_difference:+.4f} ({'n/a' if v.lower_bound is None else f'{v.lower_bound:+.4f}'})",
                       "n/a" if v.welch_lower_bound is None else f"{v.welch_lower_bound:+.4f}")
-    console = Console(width=max(120, Console().width))
+    console = Console(width=max(150, Console().width))
     if differences:
         what = "; ".join(f"{key} {' / '.join(map(str, values))}" for key, values in differences.items())
         console.print(f"[yellow]note: the files ran with different {what}; a seed's mIoU depends on the thread "
