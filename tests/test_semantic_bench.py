@@ -156,7 +156,11 @@ def test_worker_plan_defaults_to_one_thread_per_core_on_cpu_only():
     assert worker_plan(None, None, "cpu", cores=16) == (4, 4)
     assert worker_plan(None, 2, "cpu", cores=2) == (1, 2)     # --threads alone: one process, as before
     assert worker_plan(3, None, "cpu", cores=6) == (3, 2)
-    assert worker_plan(None, None, "cuda", cores=16) == (1, 16)
+    # a GPU: the fast setting's small segmenters share it (one process is launch-bound); --full keeps one
+    assert worker_plan(None, None, "cuda", cores=16) == (8, 2)
+    assert worker_plan(None, None, "cuda:1", cores=4) == (4, 1)
+    assert worker_plan(None, None, "cuda", cores=16, full=True) == (1, 16)
+    assert worker_plan(None, 4, "cuda", cores=16) == (1, 4)
     with pytest.raises(ValueError, match="--workers must be at least 1"):
         worker_plan(0, None, "cpu")
 
