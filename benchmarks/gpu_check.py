@@ -203,7 +203,7 @@ def compare_segmenter_runs(device: str = "cuda", steps: int = 60) -> Dict[str, f
     ``deterministic`` as the benchmark trains them, ``plain`` without its CUDA determinism (0 on a CPU)."""
     import torch
 
-    from dfsfuse.semantic_bench import _train_segmenter, fast_settings, train_segmenter
+    from dfsfuse.semantic_bench import fast_settings, train_segmenter
 
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (1, 96, 128), generator=g, dtype=torch.uint8) for _ in range(12)]
@@ -216,9 +216,9 @@ def compare_segmenter_runs(device: str = "cuda", steps: int = 60) -> Dict[str, f
     def largest(a: List["torch.Tensor"], b: List["torch.Tensor"]) -> float:
         return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
-    runs = {"deterministic": lambda: train_segmenter(images, labels, settings, seed=0),
-            "plain": lambda: _train_segmenter(images, labels, settings, 0, None, None, None, torch.device(device))}
-    return {name: largest(weights(train()), weights(train())) for name, train in runs.items()}
+    return {name: largest(*(weights(train_segmenter(images, labels, settings, seed=0, cuda_deterministic=flag))
+                            for _ in range(2)))
+            for name, flag in (("deterministic", True), ("plain", False))}
 
 
 def check_segmenter(out: Path, timeout: float) -> StepResult:
