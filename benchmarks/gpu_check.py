@@ -15,7 +15,9 @@ Steps (each in its own process, log in ``OUT/<step>.log``):
    CUDA against the same computation on CPU (relative difference ≤ 1e-4, NaN where NaN).
 4. ``speed``: ``benchmarks/speed.py --device cuda`` (latency from CUDA events) for the
    teacher and the student in eager fp32 and bf16; every record must be ``ok``.
-5. ``segmenter``: the semantic benchmark's segmenter trained twice with one seed on CUDA (60 steps
+5. ``distill_repeat``: the recipe of step 1 in fp32 with ``train.deterministic=true``, twice: the
+   exported teacher and student must be bit-identical (the Standards' "same seed, same run" on CUDA).
+6. ``segmenter``: the semantic benchmark's segmenter trained twice with one seed on CUDA (60 steps
    on synthetic 96×128 scenes) must end with bit-identical weights; the same two runs without
    :func:`dfsfuse.semantic_bench.cuda_determinism` are reported beside it (they differed on an H200).
 
@@ -43,12 +45,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
-STEPS = ("distill", "distill_2gpu", "metrics", "speed", "segmenter")
+STEPS = ("distill", "distill_2gpu", "metrics", "speed", "distill_repeat", "segmenter")
 TITLES = {
     "distill": "distillation, 1 GPU, bf16",
     "distill_2gpu": "distillation, 2 GPUs (DDP), bf16",
     "metrics": "fusion metrics on CUDA vs CPU",
     "speed": "speed benchmark on CUDA (CUDA events)",
+    "distill_repeat": "distillation repeats a seed (deterministic)",
     "segmenter": "segmenter training repeats a seed on CUDA",
 }
 RECIPE_OVERRIDES = ("teacher.steps=20", "student.steps=20", "eval.max_images=1", "eval.latency_runs=1")
@@ -127,6 +130,42 @@ def check_distill(out: Path, processes: int, timeout: float) -> StepResult:
     if problems:
         return StepResult(step, FAIL, "; ".join(problems))
     return StepResult(step, PASS, f"student exported to {run_dir / 'student'} (bf16, {processes} process(es) on cuda)")
+
+
+def largest_weight_difference(run_a: Path, run_b: Path, models: Sequence[str] = ("teacher", "student")) -> float:
+    """Largest absolute difference between the same tensors of two runs' exported ``models`` (each
+    ``RUN/<model>/model.safetensors``); infinite when the tensors' names or shapes differ."""
+    from safetensors.torch import load_file
+
+    worst = 0.0
+    for model in models:
+        a, b = (load_file(str(run / model / "model.safetensors")) for run in (run_a, run_b))
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+            return math.inf
+        for key in a:
+            worst = max(worst, float((a[key].double() - b[key].double()).abs().max()) if a[key].numel() else 0.0)
+    return worst
+
+
+def check_distill_repeat(out: Path, timeout: float) -> StepResult:
+    """Step 1's recipe in fp32 with ``train.deterministic=true``, twice; the exports must be equal."""
+    runs = []
+    for i in (1, 2):
+        run_dir = out / f"run_repeat_{i}"
+        cmd = [*accelerate_launch(), "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "recipes/distill.py", *RECIPE_OVERRIDES, "train.deterministic=true",
+               "--output", str(run_dir), "--overwrite"]
+        log = out / f"distill_repeat_{i}.log"
+        code, text = run_logged(cmd, log, timeout)
+        if code != 0:
+            return StepResult("distill_repeat", FAIL, f"run {i}: exit {code}: {_last_line(text)} (log {log})")
+        missing = [m for m in ("teacher", "student") if not (run_dir / m / "model.safetensors").is_file()]
+        if missing:
+            return StepResult("distill_repeat", FAIL, f"run {i} exported no {', '.join(missing)}")
+        runs.append(run_dir)
+    diff = largest_weight_difference(*runs)
+    detail = f"two runs, one seed: largest weight difference {diff:.3g} (teacher and student)"
+    return StepResult("distill_repeat", PASS if diff == 0 else FAIL, detail)
 
 
 def compare_metrics(device: str = "cuda", rtol: float = METRIC_RTOL) -> tuple[float, str, int]:
@@ -252,6 +291,8 @@ def run_steps(steps: Sequence[str], out: Path, gpus: int, timeout: float,
                     result = check_metrics(out, timeout)
                 elif step == "segmenter":
                     result = check_segmenter(out, timeout)
+                elif step == "distill_repeat":
+                    result = check_distill_repeat(out, timeout)
                 else:
                     result = check_speed(out, timeout)
             except Exception as exc:  # a broken check is a FAIL with its reason, never a traceback

@@ -156,31 +156,36 @@ class _BilinearUpsample(torch.autograd.Function):
     with the order the GPU's threads add in."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, size: tuple[int, int]) -> Tensor:  # type: ignore[override]
-        ctx.in_size = tuple(x.shape[-2:])
-        ctx.out_size = tuple(size)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    def forward(ctx, x: Tensor, size: tuple[int, int] | None, scale_factor: float | None) -> Tensor:  # type: ignore[override]
+        out = F.interpolate(x, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=False)
+        ctx.in_size, ctx.out_size = tuple(x.shape[-2:]), tuple(out.shape[-2:])
+        return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (hi, wi), (ho, wo) = ctx.in_size, ctx.out_size
         a_h = bilinear_matrix(ho, hi, grad.device, grad.dtype)
         a_w = bilinear_matrix(wo, wi, grad.device, grad.dtype)
-        return torch.einsum("oh,ncop,pw->nchw", a_h, grad, a_w), None
+        return torch.einsum("oh,ncop,pw->nchw", a_h, grad, a_w), None, None
 
 
-def upsample_bilinear(x: Tensor, size: tuple[int, int] | torch.Size, deterministic: bool | None = None) -> Tensor:
-    """Bilinear resize of a B×C×H×W map to ``size`` (``align_corners=False``).
+def upsample_bilinear(x: Tensor, size: tuple[int, int] | torch.Size | None = None, *,
+                      scale_factor: float | None = None, deterministic: bool | None = None) -> Tensor:
+    """Bilinear resize of a B×C×H×W map to ``size`` or by ``scale_factor`` (``align_corners=False``).
 
-    The same values as ``F.interpolate``. Its backward on CUDA adds with atomics, so two runs with one
-    seed drift apart (measured on an H200: one segbench segmenter, same seed, 0.1698 and 0.1562 mIoU).
-    With ``deterministic`` (default: when ``torch.are_deterministic_algorithms_enabled()``) and a CUDA
-    input that needs a gradient, the backward is two matrix products instead. Elsewhere, e.g. on CPU,
-    it *is* ``F.interpolate``, so CPU results do not change.
+    The values of ``F.interpolate`` with the same arguments. Its backward on CUDA adds with atomics,
+    so two runs with one seed drift apart (measured on an H200: one segbench segmenter, same seed,
+    0.1698 and 0.1562 mIoU). With ``deterministic`` (default: when
+    ``torch.are_deterministic_algorithms_enabled()``) and a CUDA input that needs a gradient, the
+    backward is two matrix products instead (:func:`bilinear_matrix`; exact for the integer scale
+    factors used here, where ``in/out`` is the kernel's ``1/scale_factor``). Elsewhere, e.g. on CPU, it
+    *is* ``F.interpolate``, so CPU results and exported graphs do not change.
     """
-    size = (int(size[0]), int(size[1]))
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     if deterministic and x.is_cuda and x.requires_grad and torch.is_grad_enabled():
-        return _BilinearUpsample.apply(x, size)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return _BilinearUpsample.apply(x, None if size is None else (int(size[0]), int(size[1])), scale_factor)
+    # size passes through untouched: while tracing it is symbolic, and int() would bake one size into the graph
+    return F.interpolate(x, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=False)

@@ -34,12 +34,33 @@ def test_matrix_backward_equals_interpolate_backward(src, dst):
     torch.manual_seed(1)
     x = torch.randn(2, 3, *src, dtype=torch.float64, requires_grad=True)
     ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=False)
-    ours = _BilinearUpsample.apply(x, dst)
+    ours = _BilinearUpsample.apply(x, dst, None)
     assert torch.equal(ours, ref)  # the forward is F.interpolate itself
     g = torch.randn_like(ref)
     (want,) = torch.autograd.grad(ref, x, g)
     (got,) = torch.autograd.grad(ours, x, g)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_matrix_backward_for_a_scale_factor(factor):
+    # the student's head (×4) and the teacher's Upsample blocks (×2) pass a factor, not a size
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    ref = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    ours = _BilinearUpsample.apply(x, None, factor)
+    assert torch.equal(ours, ref) and ours.shape[-2:] == (7 * factor, 9 * factor)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                               rtol=0, atol=1e-12)
+
+
+def test_upsample_bilinear_needs_one_of_size_and_factor():
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="exactly one"):
+        upsample_bilinear(x)
+    with pytest.raises(ValueError, match="exactly one"):
+        upsample_bilinear(x, (8, 8), scale_factor=2)
 
 
 def test_upsample_bilinear_is_interpolate_off_cuda():

@@ -88,3 +88,28 @@ def test_segmenter_step_fails_when_two_runs_differ(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "run_logged",
                         lambda cmd, log, timeout: (0, '{"deterministic": 0.0, "plain": 0.5}\n'))
     assert gpu_check.check_segmenter(tmp_path, timeout=60).status == gpu_check.PASS
+
+
+def test_weight_comparison_of_two_runs(tmp_path):
+    from safetensors.torch import save_file
+
+    def export(run, scale):
+        for model in ("teacher", "student"):
+            (run / model).mkdir(parents=True)
+            save_file({"w": torch.arange(6.0).reshape(2, 3) * scale, "b": torch.zeros(3)},
+                      str(run / model / "model.safetensors"))
+
+    export(tmp_path / "a", 1.0)
+    export(tmp_path / "b", 1.0)
+    export(tmp_path / "c", 1.5)
+    assert gpu_check.largest_weight_difference(tmp_path / "a", tmp_path / "b") == 0.0
+    assert gpu_check.largest_weight_difference(tmp_path / "a", tmp_path / "c") == pytest.approx(2.5)
+
+
+def test_distill_repeat_fails_when_the_recipe_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "accelerate_launch",
+                        lambda: [sys.executable, "-c", "import sys; print('no GPU here'); sys.exit(2)"])
+    result = gpu_check.check_distill_repeat(tmp_path, timeout=60)
+    assert result.status == gpu_check.FAIL and "run 1: exit 2: no GPU here" in result.detail
+    log = (tmp_path / "distill_repeat_1.log").read_text().splitlines()[0]
+    assert "train.deterministic=true" in log and "--mixed_precision no" in log

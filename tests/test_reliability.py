@@ -61,6 +61,41 @@ def test_nonfinite_loss_can_skip_the_step(monkeypatch, tmp_path, capsys):
     assert (out / "student" / "model.safetensors").is_file()
 
 
+def _nan_gradient_on_call(monkeypatch, n: int):
+    """From the teacher stage's ``n``-th call on, add ``0·sqrt(p − p)`` to a term: the loss stays finite,
+    the gradient of ``p`` is ``0·∞`` = NaN (what a faulty backward kernel does)."""
+    original = objectives.TeacherObjective.forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        terms = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] >= n:
+            p = next(self.parameters()).flatten()[0]
+            terms["intensity"] = terms["intensity"] + 0.0 * torch.sqrt(p - p.detach())
+        return terms
+
+    monkeypatch.setattr(objectives.TeacherObjective, "forward", forward)
+
+
+def test_nonfinite_gradient_with_finite_loss_stops_before_the_weights_change(monkeypatch, tmp_path, capsys):
+    _nan_gradient_on_call(monkeypatch, 2)
+    out = tmp_path / "run"
+    assert _recipe().main([*TINY, *NO_EVAL, "train.checkpoint_every=1", "--output", str(out)]) == 2
+    assert "[teacher] step 2: a gradient is not finite (the loss is)" in capsys.readouterr().err
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints" / "teacher")] == ["step_000001"]
+
+
+def test_nonfinite_gradient_can_skip_the_step_and_weights_stay_finite(monkeypatch, tmp_path, capsys):
+    _nan_gradient_on_call(monkeypatch, 2)
+    out = tmp_path / "run"
+    rc = _recipe().main([*TINY, *NO_EVAL, "train.on_nonfinite=skip", "teacher.steps=3", "student.steps=1",
+                         "--output", str(out)])
+    assert rc == 0
+    assert "a gradient is not finite (the loss is); step skipped" in capsys.readouterr().out
+    assert (out / "student" / "model.safetensors").is_file()  # export refuses non-finite weights
+
+
 def test_nan_weights_are_never_exported(tmp_path):
     model = create_model("student")
     with torch.no_grad():

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..ops import upsample_bilinear
 from ..wavelets import DWTForward
 from .fusion import no_autocast, weighted_mean
 
@@ -91,7 +91,7 @@ class FeatureDistillLoss(nn.Module):
             t = teacher_feats[name].detach()
             s = self.adapters[name](student_feats[name])
             if s.shape[-2:] != t.shape[-2:]:
-                s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+                s = upsample_bilinear(s, t.shape[-2:])
             diff = standardize_features(s) - standardize_features(t)
             total = total + weighted_mean(diff.abs() if self.loss == "l1" else diff**2, weight)
         return total / len(self.names)

@@ -12,6 +12,7 @@ from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
 from ..baselines import REGION_CONTRAST_GAIN, REGION_GAIN, WARM_CONTRAST_SIGMAS, gaussian_taps, region_taps
+from ..ops import upsample_bilinear
 from ..wavelets import DWTForward, DWTInverse
 
 
@@ -411,4 +412,4 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """B×C×H×W → B×C/2×2H×2W."""
-        return F.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return upsample_bilinear(self.conv(x), scale_factor=2.0)

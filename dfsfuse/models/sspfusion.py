@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import SOBEL_X, structure_loss, structure_magnitude
+from ..ops import SOBEL_X, structure_loss, structure_magnitude, upsample_bilinear
 from .blocks import ConvAct, FusionHead, crop_to, pad_to_multiple
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -128,7 +128,7 @@ class StructurePreservingFusion(nn.Module):
         for scale, level in zip(self.scales, self.levels):
             pooled = [F.avg_pool2d(t, scale) if scale > 1 else t for t in (f_ir, f_vis, strength)]
             out = level(*pooled)
-            outs.append(F.interpolate(out, size=size, mode="bilinear", align_corners=False) if scale > 1 else out)
+            outs.append(upsample_bilinear(out, size) if scale > 1 else out)
         return self.merge(torch.cat(outs, dim=1))
 
 

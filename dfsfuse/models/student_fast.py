@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import upsample_bilinear
 from .blocks import HEADS, fused_from_head, head_channels
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -215,7 +216,7 @@ class StudentFast(FusionModel):
         if self.upsample == "shuffle":
             raw = F.pixel_shuffle(raw, self.scale)
         elif self.scale > 1:  # contiguous: bilinear upsampling of a channels-last map is ~4× slower on CPU
-            raw = F.interpolate(raw.contiguous(), scale_factor=self.scale, mode="bilinear", align_corners=False)
+            raw = upsample_bilinear(raw.contiguous(), scale_factor=self.scale)
         raw = raw[..., :height, :width]
         features = OrderedDict(enc_ir=enc_ir, enc_vis=enc_vis, fusion=fusion, decoder=decoder)
         return FusionOutput(fused=self.fused_image(raw, ir, vis_y), features=features)

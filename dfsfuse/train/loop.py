@@ -119,6 +119,14 @@ def read_trainer_state(ckpt: Path) -> dict:
     return state
 
 
+GRADIENT = "<gradient>"  # what ``bad_term`` holds when the loss was finite and a gradient was not
+
+
+def _gradients_finite(module: nn.Module) -> bool:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 def _params_finite(module: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
@@ -244,9 +252,15 @@ def train_stage(
                 for k, v in raw.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float() / stage.grad_accum
                 sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / stage.grad_accum
+            # A finite loss can still give non-finite gradients (seen: PyTorch's CPU bf16 depthwise-conv
+            # backward on tiny maps, now and then); one such step would turn every weight into NaN. fp16's
+            # GradScaler expects inf gradients and skips those steps itself.
+            if bad_term is None and accelerator.scaler is None and not _gradients_finite(module):
+                bad_term = GRADIENT
             if bad_term is not None:
                 optimizer.zero_grad(set_to_none=True)
-                message = f"[{name}] step {step + 1}: loss term '{bad_term}' is not finite"
+                message = (f"[{name}] step {step + 1}: a gradient is not finite (the loss is)" if bad_term == GRADIENT
+                           else f"[{name}] step {step + 1}: loss term '{bad_term}' is not finite")
                 if train_cfg.on_nonfinite == "skip":
                     skipped += 1
                     step += 1

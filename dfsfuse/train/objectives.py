@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import (
@@ -21,6 +20,7 @@ from ..losses import (
 )
 from ..models import create_model
 from ..models.segmentation import FeatureSegHead
+from ..ops import upsample_bilinear
 from .config import LossConfig
 from .data import IGNORE_INDEX
 
@@ -175,8 +175,7 @@ class StudentObjective(nn.Module):
         if self.feature_head is not None:
             if seg_student is None:
                 raise ValueError("loss.student_consistency > 0 needs a segmenter")
-            feature_level = F.interpolate(self.feature_head(out.features["fusion"]), size=seg_student.shape[-2:],
-                                          mode="bilinear", align_corners=False)
+            feature_level = upsample_bilinear(self.feature_head(out.features["fusion"]), seg_student.shape[-2:])
             terms["student_consistency"] = self.w_consistency * cross_seg_consistency(
                 feature_level, seg_student, T=self.consistency_temperature)
         if self.cotrain_segmenter is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Union
@@ -58,7 +59,10 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
                                                   data_seed=cfg.train.seed),
     )
     if cfg.train.deterministic:
+        # cuBLAS repeats its sums only with a fixed workspace (read when this process first uses cuBLAS)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     accelerator.init_trackers("distill", config=cfg.to_dict())
     return accelerator
