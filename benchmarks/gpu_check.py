@@ -19,7 +19,7 @@ Steps (each in its own process, log in ``OUT/<step>.log``):
    exported teacher and student must be bit-identical (the Standards' "same seed, same run" on CUDA).
 6. ``segmenter``: the semantic benchmark's segmenter trained twice with one seed on CUDA (60 steps
    on synthetic 96×128 scenes) must end with bit-identical weights; the same two runs without
-   :func:`dfsfuse.semantic_bench.cuda_determinism` are reported beside it (they differed on an H200).
+   :func:`dfsfuse.determinism.deterministic_kernels` are reported beside it (they differed on an H200).
 
 Exit code 1 when any step FAILs, else 0. Without CUDA every step is SKIP and the exit code 0.
 Writes ``OUT/gpu_check.json`` with each step's status, detail and seconds.
@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -132,19 +132,21 @@ def check_distill(out: Path, processes: int, timeout: float) -> StepResult:
     return StepResult(step, PASS, f"student exported to {run_dir / 'student'} (bf16, {processes} process(es) on cuda)")
 
 
+def largest_difference(a: Mapping[str, "torch.Tensor"], b: Mapping[str, "torch.Tensor"]) -> float:
+    """Largest absolute difference between the same-named tensors of two state dicts; infinite when the
+    names or shapes differ."""
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return math.inf
+    return max((float((a[k].double().cpu() - b[k].double().cpu()).abs().max()) for k in a if a[k].numel()),
+               default=0.0)
+
+
 def largest_weight_difference(run_a: Path, run_b: Path, models: Sequence[str] = ("teacher", "student")) -> float:
-    """Largest absolute difference between the same tensors of two runs' exported ``models`` (each
-    ``RUN/<model>/model.safetensors``); infinite when the tensors' names or shapes differ."""
+    """:func:`largest_difference` over two runs' exported ``models`` (each ``RUN/<model>/model.safetensors``)."""
     from safetensors.torch import load_file
 
-    worst = 0.0
-    for model in models:
-        a, b = (load_file(str(run / model / "model.safetensors")) for run in (run_a, run_b))
-        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-            return math.inf
-        for key in a:
-            worst = max(worst, float((a[key].double() - b[key].double()).abs().max()) if a[key].numel() else 0.0)
-    return worst
+    return max(largest_difference(*(load_file(str(run / model / "model.safetensors")) for run in (run_a, run_b)))
+               for model in models)
 
 
 def check_distill_repeat(out: Path, timeout: float) -> StepResult:
@@ -249,14 +251,8 @@ def compare_segmenter_runs(device: str = "cuda", steps: int = 60) -> Dict[str, f
     labels = [torch.randint(0, 9, (96, 128), generator=g) for _ in range(12)]
     settings = fast_settings(device=device, steps=steps, batch_size=4, crop=(64, 96), warmup_steps=5)
 
-    def weights(model: "torch.nn.Module") -> List["torch.Tensor"]:
-        return [t.detach().to("cpu", torch.float64) for t in model.state_dict().values()]
-
-    def largest(a: List["torch.Tensor"], b: List["torch.Tensor"]) -> float:
-        return max(float((x - y).abs().max()) for x, y in zip(a, b))
-
-    return {name: largest(*(weights(train_segmenter(images, labels, settings, seed=0, cuda_deterministic=flag))
-                            for _ in range(2)))
+    return {name: largest_difference(*(train_segmenter(images, labels, settings, seed=0,
+                                                       cuda_deterministic=flag).state_dict() for _ in range(2)))
             for name, flag in (("deterministic", True), ("plain", False))}
 
 

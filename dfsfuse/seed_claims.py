@@ -150,6 +150,28 @@ def environment_differences(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Di
     return out
 
 
+def _same_protocol_rows(docs: Sequence[Tuple[str, Mapping[str, Any]]],
+                        verb: str) -> Tuple[Dict[str, Any], List[Tuple[str, PerSeed]]]:
+    """The first document's protocol and ``(name, per_seed_miou)`` of every document; ``ValueError`` naming
+    the file when there is none to ``verb``, a protocol differs from the first one's, or a file is unreadable."""
+    if not docs:
+        raise ValueError(f"no results to {verb}")
+    first_name, first = docs[0]
+    protocol = _protocol(first)
+    out = []
+    for name, doc in docs:
+        theirs = _protocol(doc)
+        for key in PROTOCOL_KEYS:
+            if theirs[key] != protocol[key]:
+                raise ValueError(f"{name}: {key} is {theirs[key]!r}, {first_name} has {protocol[key]!r}; "
+                                 "results of different protocols are not comparable")
+        try:
+            out.append((name, per_seed_miou(doc)))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return protocol, out
+
+
 def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]],
                   renames: Optional[Mapping[str, Mapping[str, str]]] = None) -> Tuple[PerSeed, Dict[str, Any]]:
     """Join ``(name, segbench JSON)`` documents into ``{kind: {seed: mIoU}}`` and their shared protocol.
@@ -165,22 +187,10 @@ def merge_results(docs: Sequence[Tuple[str, Mapping[str, Any]]],
     unknown = sorted(set(renames) - {name for name, _ in docs})
     if unknown:
         raise ValueError(f"{unknown[0]}: renamed kinds in a file that is not among the results")
-    if not docs:
-        raise ValueError("no results to merge")
+    protocol, documents = _same_protocol_rows(docs, "merge")
     merged: PerSeed = {}
     where: Dict[Tuple[str, int], str] = {}
-    first_name, first = docs[0]
-    protocol = _protocol(first)
-    for name, doc in docs:
-        theirs = _protocol(doc)
-        for key in PROTOCOL_KEYS:
-            if theirs[key] != protocol[key]:
-                raise ValueError(f"{name}: {key} is {theirs[key]!r}, {first_name} has {protocol[key]!r}; "
-                                 "results of different protocols are not comparable")
-        try:
-            rows = per_seed_miou(doc)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{name}: {exc}") from None
+    for name, rows in documents:
         rename = renames.get(name, {})
         missing = sorted(set(rename) - set(rows))
         if missing:
@@ -292,21 +302,9 @@ def pool_results(docs: Sequence[Tuple[str, Mapping[str, Any]]]) -> Tuple[Dict[st
     independent draw, seeds ignored. For runs whose seeds do not repeat (:func:`unrepeatable_runs`),
     where the same kind and seed in two files are two different segmenters. Raises ``ValueError``
     naming the file whose protocol differs from the first one's."""
-    if not docs:
-        raise ValueError("no results to pool")
-    first_name, first = docs[0]
-    protocol = _protocol(first)
+    protocol, documents = _same_protocol_rows(docs, "pool")
     pooled: Dict[str, List[float]] = {}
-    for name, doc in docs:
-        theirs = _protocol(doc)
-        for key in PROTOCOL_KEYS:
-            if theirs[key] != protocol[key]:
-                raise ValueError(f"{name}: {key} is {theirs[key]!r}, {first_name} has {protocol[key]!r}; "
-                                 "results of different protocols are not comparable")
-        try:
-            rows = per_seed_miou(doc)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{name}: {exc}") from None
+    for _, rows in documents:
         for kind, values in rows.items():
             pooled.setdefault(kind, []).extend(values[s] for s in sorted(values))
     return pooled, protocol

@@ -23,7 +23,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from .baselines import IR_CONTRAST_GAIN, REGION_CONTRAST_GAIN, baseline_fusion
 from .data.errors import DatasetError
 from .data.synthetic import CLASS_NAMES
 from .data.transforms import resize_image, resize_label
+from .determinism import deterministic_kernels
 from .ema import moving_average
 from .metrics.segmentation import ConfusionMatrix, FalsePositiveDistance
 
@@ -468,8 +469,7 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
     pixel positions in the same order. Warm-up + cosine AdamW. Bit-identical on CPU for a fixed
     thread count. On CUDA a seed did *not* repeat a run before session 23 (one H200, the same command
     twice: 0.1698 and 0.1562 mIoU), through the atomic adds of the bilinear upsampling's backward; now
-    the training runs under ``torch.use_deterministic_algorithms`` (warn-only: an op without a
-    deterministic kernel warns rather than stops the run), cuDNN deterministic, and the segmenter's
+    the training runs under :func:`dfsfuse.determinism.deterministic_kernels`, and the segmenter's
     upsampling backward is two matrix products (:func:`dfsfuse.ops.upsample_bilinear`);
     ``benchmarks/gpu_check.py``'s ``segmenter`` step checks it on a GPU (``cuda_deterministic=False``
     trains without it, for that check's comparison). With
@@ -480,27 +480,9 @@ def train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings
         raise ValueError("need as many training images as labels, at least one")
     device = torch.device(settings.device)
     if device.type == "cuda" and cuda_deterministic:
-        with cuda_determinism():
+        with deterministic_kernels():
             return _train_segmenter(images, labels, settings, seed, class_weights, on_step, model, device)
     return _train_segmenter(images, labels, settings, seed, class_weights, on_step, model, device)
-
-
-@contextlib.contextmanager
-def cuda_determinism() -> Iterator[None]:
-    """Deterministic CUDA kernels inside the block (warn-only), cuDNN deterministic and not
-    benchmarking; the previous settings come back afterwards. ``CUBLAS_WORKSPACE_CONFIG`` is set to
-    ``:4096:8`` when unset (cuBLAS's condition for repeatable matrix products, which the segmenter's
-    upsampling backward uses); it takes effect in a process that has not used cuBLAS yet."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 def _train_segmenter(images: Sequence[Tensor], labels: Sequence[Tensor], settings: SegBenchSettings, seed: int,
@@ -715,8 +697,8 @@ def _hardware(settings: SegBenchSettings) -> Dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        # CUDA segmenters train under cuda_determinism (new in session 23); files without this key did
-        # not, and their seeds do not repeat
+        # CUDA segmenters train under deterministic_kernels (new in session 23); files without this key
+        # did not, and their seeds do not repeat
         **({"cuda_determinism": True} if device.type == "cuda" else {}),
         "torch": torch.__version__,
         "timm": timm.__version__,

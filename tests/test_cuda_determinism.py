@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dfsfuse.losses.semantic import cross_entropy_sum, segmentation_ce
 from dfsfuse.ops import _BilinearUpsample, bilinear_matrix, upsample_bilinear
-from dfsfuse.semantic_bench import cuda_determinism
+from dfsfuse.determinism import deterministic_kernels
 
 SIZES = [((8, 10), (32, 40)), ((5, 7), (18, 23)), ((12, 16), (7, 9)), ((1, 1), (4, 4)), ((3, 4), (3, 4))]
 
@@ -91,16 +91,16 @@ def test_segmentation_ce_unchanged_on_cpu_under_determinism():
     logits = torch.randn(2, 9, 8, 8)
     labels = torch.randint(0, 9, (2, 8, 8))
     plain = segmentation_ce(logits, labels, mode="weighted")
-    with cuda_determinism():
+    with deterministic_kernels():
         inside = segmentation_ce(logits, labels, mode="weighted")
     assert torch.equal(plain, inside)
 
 
-def test_cuda_determinism_restores_settings(monkeypatch):
+def test_deterministic_kernels_restore_settings(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
               torch.backends.cudnn.benchmark)
-    with cuda_determinism():
+    with deterministic_kernels():
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
@@ -109,6 +109,6 @@ def test_cuda_determinism_restores_settings(monkeypatch):
              torch.backends.cudnn.benchmark)
     assert after == before
     with pytest.raises(RuntimeError):
-        with cuda_determinism():
+        with deterministic_kernels():
             raise RuntimeError("boom")
     assert torch.are_deterministic_algorithms_enabled() == before[0]

@@ -24,8 +24,8 @@ from dfsfuse.train.tracking import read_log
 NO_EVAL = ["eval.sets=[]", "eval.synthetic=1"]
 
 
-def _nan_on_call(monkeypatch, n: int):
-    """Make the teacher stage's intensity term NaN from its ``n``-th call on."""
+def _spoil_intensity_from_call(monkeypatch, n: int, spoil):
+    """From the teacher stage's ``n``-th call on, replace its intensity term by ``spoil(objective, term)``."""
     original = objectives.TeacherObjective.forward
     calls = {"n": 0}
 
@@ -33,10 +33,15 @@ def _nan_on_call(monkeypatch, n: int):
         terms = original(self, batch)
         calls["n"] += 1
         if calls["n"] >= n:
-            terms["intensity"] = terms["intensity"] * float("nan")
+            terms["intensity"] = spoil(self, terms["intensity"])
         return terms
 
     monkeypatch.setattr(objectives.TeacherObjective, "forward", forward)
+
+
+def _nan_on_call(monkeypatch, n: int):
+    """Make the teacher stage's intensity term NaN from its ``n``-th call on."""
+    _spoil_intensity_from_call(monkeypatch, n, lambda objective, term: term * float("nan"))
 
 
 def test_nonfinite_loss_stops_naming_step_and_term(monkeypatch, tmp_path, capsys):
@@ -64,18 +69,11 @@ def test_nonfinite_loss_can_skip_the_step(monkeypatch, tmp_path, capsys):
 def _nan_gradient_on_call(monkeypatch, n: int):
     """From the teacher stage's ``n``-th call on, add ``0·sqrt(p − p)`` to a term: the loss stays finite,
     the gradient of ``p`` is ``0·∞`` = NaN (what a faulty backward kernel does)."""
-    original = objectives.TeacherObjective.forward
-    calls = {"n": 0}
+    def spoil(objective, term):
+        p = next(objective.parameters()).flatten()[0]
+        return term + 0.0 * torch.sqrt(p - p.detach())
 
-    def forward(self, batch):
-        terms = original(self, batch)
-        calls["n"] += 1
-        if calls["n"] >= n:
-            p = next(self.parameters()).flatten()[0]
-            terms["intensity"] = terms["intensity"] + 0.0 * torch.sqrt(p - p.detach())
-        return terms
-
-    monkeypatch.setattr(objectives.TeacherObjective, "forward", forward)
+    _spoil_intensity_from_call(monkeypatch, n, spoil)
 
 
 def test_nonfinite_gradient_with_finite_loss_stops_before_the_weights_change(monkeypatch, tmp_path, capsys):

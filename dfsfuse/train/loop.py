@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 from accelerate import Accelerator
@@ -122,13 +122,17 @@ def read_trainer_state(ckpt: Path) -> dict:
 GRADIENT = "<gradient>"  # what ``bad_term`` holds when the loss was finite and a gradient was not
 
 
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    flags = [torch.isfinite(t).all() for t in tensors]  # one device sync for all of them, not one each
+    return not flags or bool(torch.stack(flags).all())
+
+
 def _gradients_finite(module: nn.Module) -> bool:
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return _all_finite(p.grad for p in module.parameters() if p.grad is not None)
 
 
 def _params_finite(module: nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in module.parameters())
+    return _all_finite(module.parameters())
 
 
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict, module: nn.Module,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Union
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..cpus import available_cpus
+from ..determinism import use_deterministic_kernels
 from ..export import from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
@@ -59,11 +59,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
                                                   data_seed=cfg.train.seed),
     )
     if cfg.train.deterministic:
-        # cuBLAS repeats its sums only with a fixed workspace (read when this process first uses cuBLAS)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        use_deterministic_kernels()
     accelerator.init_trackers("distill", config=cfg.to_dict())
     return accelerator
 
