@@ -19,16 +19,16 @@ def test_forward_and_backward_under_bf16_autocast(name):
     torch.manual_seed(0)
     model = create_model(name, **SMALL_KWARGS.get(name, {}))
     g = torch.Generator().manual_seed(1)
-    # 49×66, odd and not a multiple of any model's stride. Not smaller: at 33×50 (9×13 maps inside
-    # student_w16) PyTorch 2.14's CPU bf16 backward of its dilated depthwise convs returned non-finite
-    # weight gradients in ~2% of identical calls (5 of 300; 0 of 300 at 49×66, 64×64 and 128×128); the
-    # training loop now stops or skips such a step (tests/test_reliability.py).
-    ir, vis = torch.rand(2, 1, 49, 66, generator=g), torch.rand(2, 1, 49, 66, generator=g)
+    # At this size PyTorch 2.14's CPU bf16 backward of the students' depthwise convs on channels-last maps
+    # returned non-finite weight gradients in ~1.5% of calls (and in CI at 49×66 too); SeparableResBlock
+    # now hands them a contiguous map under CPU autocast (0 of 600), and the training loop stops or skips
+    # a step with non-finite gradients (tests/test_reliability.py).
+    ir, vis = torch.rand(2, 1, 33, 50, generator=g), torch.rand(2, 1, 33, 50, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ir, vis)
         loss = out.fused.float().mean() + sum(f.float().pow(2).mean() for f in out.features.values())
     loss.backward()  # the teacher's wavelet backward failed here with a dtype mismatch
-    assert out.fused.shape == (2, 1, 49, 66) and torch.isfinite(out.fused.float()).all()
+    assert out.fused.shape == (2, 1, 33, 50) and torch.isfinite(out.fused.float()).all()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
