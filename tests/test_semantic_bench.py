@@ -126,12 +126,12 @@ def test_a_stopped_run_keeps_its_finished_seeds_in_a_partial_json(tiny, tmp_path
     """Segmenters run seed-major; a run of four kinds and two seeds stopped during its fifth segmenter
     exits 130 and leaves ``FILE.partial.json`` with seed 0 of every kind, equal to seed 0 of the full
     run; a full run removes its partial file."""
-    import dfsfuse.semantic_bench as sb
+    import dfsfuse.semantic_bench.run as sb_run  # run_benchmark looks _train_and_score up there
 
     args = ["--kinds", "ir", "max", "--seeds", "2"]  # + _run's student8 and maxdir kinds
     full = _run(tiny, tmp_path / "full.json", *args)
     assert not (tmp_path / "full.partial.json").exists()
-    real, calls = sb._train_and_score, []
+    real, calls = sb_run._train_and_score, []
 
     def stop_at_fifth(*a, **kw):
         calls.append(a[5])  # the seed
@@ -139,7 +139,7 @@ def test_a_stopped_run_keeps_its_finished_seeds_in_a_partial_json(tiny, tmp_path
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(sb, "_train_and_score", stop_at_fifth)
+    monkeypatch.setattr(sb_run, "_train_and_score", stop_at_fifth)
     assert main(_argv(tiny, tmp_path / "cut.json", *args)) == 130 and "interrupted" in capsys.readouterr().err
     assert calls == [0, 0, 0, 0, 1]  # seed 0 of every kind first
     assert not (tmp_path / "cut.json").exists()
@@ -249,7 +249,7 @@ def test_class_crops_hold_a_labelled_class_and_leave_plain_crops_unchanged():
     """--class-crops 1: every crop of an image with a labelled class holds some of it (here a 2×2
     patch a plain 16×16 crop of 60×80 rarely sees); an image of background only still gets a crop;
     --class-crops 0 draws exactly the plain crops (same generator calls as before the option)."""
-    from dfsfuse.semantic_bench import _sample_batch
+    from dfsfuse.semantic_bench.training import _sample_batch
 
     label = torch.zeros(60, 80, dtype=torch.long)
     label[2:4, 70:72] = 8
@@ -342,9 +342,9 @@ def test_color_runs_end_to_end_and_quick_mode_checks_the_segmenters_channels(tin
 
 
 def test_missing_shipped_model_is_skipped_with_a_note(tiny, tmp_path, monkeypatch, capsys):
-    import dfsfuse.semantic_bench as sb
+    import dfsfuse.semantic_bench.kinds as sb_kinds  # resolve_kinds looks package_asset up there
 
-    monkeypatch.setattr(sb, "package_asset", lambda name: tmp_path / "assets" / name)
+    monkeypatch.setattr(sb_kinds, "package_asset", lambda name: tmp_path / "assets" / name)
     out_path = tmp_path / "k.json"
     argv = ["segbench", "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--kinds", "ir", "teacher",
             *TINY, "--json", str(out_path)]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import dfsfuse.semantic_bench as sb
+import dfsfuse.semantic_bench.run as sb_run
 
 
 def cache() -> np.lib.npyio.NpzFile:
@@ -43,8 +44,9 @@ def load(root, size=None) -> sb.LabelledSplit:
 
 def main() -> None:
     """The benchmark's command line, reading the cache: ``--train``/``--test`` are the cached splits."""
-    sb.load_labelled_split = load
-    sb.check_labelled_folder = lambda root: len(cache()[f"{Path(root).name}_names"])
+    # run_benchmark (dfsfuse.semantic_bench.run) looks both up in its own module
+    sb_run.load_labelled_split = load
+    sb_run.check_labelled_folder = lambda root: len(cache()[f"{Path(root).name}_names"])
     sys.argv = ["benchmarks/semantic.py", "--train", "msrs/train", "--test", "msrs/val", *sys.argv[1:]]
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "semantic.py"), run_name="__main__")
 
