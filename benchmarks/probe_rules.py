@@ -11,7 +11,12 @@ says what each scored). Each one keeps IR's *surroundings* of a warm target, not
   what is bright in VIS but cold in IR (sunlit road, walls, lamps) is darkened toward IR;
 - ``rc-darkcold05``: the ``region-contrast`` rule with ``darkcold05``'s darkening;
 - ``darkhalo``: ``darkcold`` only near warm targets, weighted by
-  ``clip(G₁₆ * relu(G₂ * ir − G₈ * ir) / 12, 0, 1)``.
+  ``clip(G₁₆ * relu(G₂ * ir − G₈ * ir) / 12, 0, 1)``;
+- ``gamma-rc`` / ``gamma-max``: the ``region-contrast`` rule / pixel ``max`` on a *brightened* visible
+  image, ``255·(vis/255)^γ`` with ``γ = clip(ln 0.4 / ln m, 0.35, 1)`` and ``m`` the image's mean
+  visible intensity in [0, 1] (a night image, mean ≈ 0.1, gets γ ≈ 0.4; a day image is left
+  alone): illumination-aware fusion (PIAFusion's idea) in its simplest form. Does a segmenter
+  learn MSRS's dark night scenes better when the visible half is not dark?
 
 G_σ: Gaussian blur of σ pixels, edge-replicated borders; images in [0, 255], fusions rounded to
 8 bits. Like the label oracle, the images are derived from MSRS pairs whose licence is unstated:
@@ -71,6 +76,18 @@ def warm_halo(ir: np.ndarray, scale: float = 12.0) -> np.ndarray:
     return np.clip(_blur(warm_contrast_map(ir), 16.0) / scale, 0.0, 1.0)
 
 
+GAMMA_TARGET = 0.4
+"""Mean visible intensity (in [0, 1]) ``brighten`` aims at."""
+
+
+def brighten(vis: np.ndarray, target: float = GAMMA_TARGET) -> np.ndarray:
+    """``255·(vis/255)^γ`` with ``γ = clip(ln target / ln m, 0.35, 1)``, ``m`` = mean of ``vis/255``:
+    a dark image's mean is lifted toward ``target``; an image at or above it is returned unchanged."""
+    v = np.asarray(vis, np.float64) / 255.0
+    m = float(np.clip(v.mean(), 1e-3, 0.999))
+    return 255.0 * v ** float(np.clip(np.log(target) / np.log(m), 0.35, 1.0))
+
+
 RULES: Dict[str, Rule] = {
     "irbase4": lambda ir, vis: ir_base_fusion(ir, vis, 4),
     "irbase2": lambda ir, vis: ir_base_fusion(ir, vis, 2),
@@ -78,6 +95,8 @@ RULES: Dict[str, Rule] = {
     "darkcold05": lambda ir, vis: region_max_fusion(ir, vis) - 0.5 * cold_brightness(ir, vis),
     "rc-darkcold05": lambda ir, vis: region_contrast_fusion(ir, vis) - 0.5 * cold_brightness(ir, vis),
     "darkhalo": lambda ir, vis: region_max_fusion(ir, vis) - warm_halo(ir) * cold_brightness(ir, vis),
+    "gamma-rc": lambda ir, vis: region_contrast_fusion(ir, brighten(vis)),
+    "gamma-max": lambda ir, vis: np.maximum(ir, brighten(vis)),
 }
 
 

@@ -78,11 +78,54 @@ def test_kwargs_validation_and_rebuild():
         create_model("student_fast", upsample="nearest")
     model = create_model("student_fast", width=8, scale=2)
     assert model.arch_config() == {"architecture": "student_fast",
-                                   "kwargs": {"width": 8, "scale": 2, "head": "region", "upsample": "bilinear"}}
+                                   "kwargs": {"width": 8, "scale": 2, "head": "region", "upsample": "bilinear",
+                                              "vis_tone": 0.0}}
     assert isinstance(model_from_config(model.arch_config()), StudentFast)
     # Exported before the kwarg existed: the head was a pixel shuffle, and its weights must still load.
     old = model_from_config({"architecture": "student_fast", "kwargs": {"width": 8, "scale": 2, "head": "region"}})
     assert old.upsample == "shuffle" and old.head.out_channels == 2 * 2 * 2
+
+
+def test_vis_tone_fuses_the_brightened_visible_image_and_survives_export(tmp_path):
+    """``vis_tone``: a night image (mean 0.1) is fused as ``vis^γ`` with γ = ln 0.4 / ln 0.1 per image
+    (numpy, independently), a day image (mean above the target) exactly as given; the same weights
+    without the option, fed the brightened image, give the same fusion; the option is saved and
+    rebuilt by from_pretrained; values outside [0, 1) are refused."""
+    from dfsfuse.export import from_pretrained, save_pretrained
+
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="vis_tone"):
+            create_model("student_fast", vis_tone=bad)
+    toned = _trained_like(create_model("student_fast", head="region-contrast", vis_tone=0.4))
+    plain = create_model("student_fast", head="region-contrast")
+    plain.load_state_dict(toned.state_dict())
+    plain.eval()
+    ir, vis = _pair((32, 40))
+    night = vis * 0.2  # mean ≈ 0.1
+    day = 0.5 + 0.5 * vis  # mean ≈ 0.75
+    gammas = [np.log(0.4) / np.log(float(np.mean(v))) for v in night.numpy()]
+    brightened = torch.from_numpy(np.stack([v ** g for v, g in zip(night.numpy().astype(np.float64), gammas)])).float()
+    assert all(0.35 < g < 1 for g in gammas)
+    with torch.no_grad():
+        torch.testing.assert_close(toned(ir, night).fused, plain(ir, brightened).fused, rtol=0, atol=1e-5)
+        torch.testing.assert_close(toned(ir, day).fused, plain(ir, day).fused, rtol=0, atol=0)
+        assert not torch.allclose(toned(ir, night).fused, plain(ir, night).fused, atol=1e-3)
+        loaded = from_pretrained(save_pretrained(toned, tmp_path / "toned"))
+        assert loaded.vis_tone == 0.4
+        torch.testing.assert_close(loaded(ir, night).fused, toned(ir, night).fused, rtol=0, atol=0)
+
+
+def test_vis_tone_onnx_matches_pytorch_on_night_and_day_images(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dfsfuse.onnx import OnnxModel, export_onnx
+
+    model = _trained_like(create_model("student_fast", head="region-contrast", vis_tone=0.4)).reparameterize()
+    runner = OnnxModel(export_onnx(model, tmp_path / "toned.onnx", size=(64, 64)), providers=["CPUExecutionProvider"])
+    ir, vis = _pair((61, 77), batch=2)
+    vis = torch.cat([vis[:1] * 0.15, vis[1:]])  # one night image, one day image in a batch
+    with torch.no_grad():
+        expected = model(ir, vis).fused.numpy()
+    assert float(np.abs(runner(ir.numpy(), vis.numpy()) - expected).max()) < 1e-4
 
 
 def _phase_spread(x: torch.Tensor, period: int) -> float:
@@ -215,3 +258,31 @@ def test_reduced_features_distil_against_full_size_teacher_features():
     grads = [p.grad for p in student.encoder_ir.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_stage_two_objective_gives_a_toning_student_the_raw_image_and_the_losses_the_brightened_one():
+    """stages.py hands StudentObjective ``vis_y`` brightened (for the losses) and ``vis_y_raw`` as given:
+    the student must fuse the raw image (it brightens it itself), the fusion loss must see the
+    brightened one, so the loss equals an independent computation on exactly those tensors."""
+    from dfsfuse.ops import brighten_dark
+    from dfsfuse.train.config import load_config
+    from dfsfuse.train.objectives import StudentObjective
+
+    cfg = load_config(overrides=["loss.seg_ce=0", "loss.seg_kl=0", "loss.semantic_weighting=false",
+                                 "loss.student_fusion=1.0"])
+    student = _trained_like(create_model("student_fast", head="region-contrast", vis_tone=0.4))
+    seen = []
+    student.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    objective = StudentObjective(student, student.feature_channels, cfg.loss)
+    ir, vis = _pair((32, 32))
+    raw = vis * 0.2
+    batch = {"ir": ir, "vis_y": brighten_dark(raw, 0.4), "vis_y_raw": raw}
+    with torch.no_grad():
+        teacher_out = student(ir, batch["vis_y"])
+        seen.clear()
+        terms = objective(batch, teacher_out, None, None)
+        assert len(seen) == 1 and torch.equal(seen[0], raw)
+        fused = student(ir, raw).fused
+        expected = objective.fusion_loss(fused, ir, batch["vis_y"])
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[f"fusion_{name}"], cfg.loss.student_fusion * value)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import upsample_bilinear
+from ..ops import brighten_dark, upsample_bilinear
 from .blocks import HEADS, fused_from_head, head_channels
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -157,9 +157,14 @@ class StudentFast(FusionModel):
             (default: smooth maps, detail comes from the inputs through the rule) or
             ``"shuffle"`` (pixel-shuffle of scale² channels per map; the first design, kept to
             load models exported with it, prone to a fixed scale×scale pattern).
+        vis_tone: 0 (default) fuses the visible luminance as given; a target in (0, 1) first lifts a
+            dark visible image's mean toward it with one gamma per image
+            (:func:`~dfsfuse.ops.brighten_dark`), so night scenes reach the network and its output
+            rule brightened; stage 2 then gives the teacher and the losses the same brightened image.
     """
 
-    def __init__(self, width: int = 16, scale: int = 4, head: str = "region", upsample: str = "bilinear") -> None:
+    def __init__(self, width: int = 16, scale: int = 4, head: str = "region", upsample: str = "bilinear",
+                 vis_tone: float = 0.0) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -167,6 +172,9 @@ class StudentFast(FusionModel):
             raise ValueError(f"upsample must be one of {UPSAMPLES}, got {upsample!r}")
         if scale < 1 or width < 1:
             raise ValueError(f"scale and width must be positive, got scale={scale}, width={width}")
+        if not 0.0 <= vis_tone < 1.0:
+            raise ValueError(f"vis_tone must be 0 (off) or a target mean in (0, 1), got {vis_tone}")
+        self.vis_tone = float(vis_tone)
         self.width, self.scale, self.head_kind, self.upsample = width, scale, head, upsample
         self.feature_stride = scale
         self.encoder_ir = _Encoder(width, scale)
@@ -208,6 +216,8 @@ class StudentFast(FusionModel):
     def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
         """Fuse B×1×H×W ``ir`` and ``vis_y`` in [0, 1] (any H, W)."""
         height, width = ir.shape[-2], ir.shape[-1]
+        if self.vis_tone:
+            vis_y = brighten_dark(vis_y, self.vis_tone)
         enc_ir = self.encoder_ir(pad_to_scale(ir, self.scale))
         enc_vis = self.encoder_vis(pad_to_scale(vis_y, self.scale))
         fusion = self.fuse(self.fuse_act(self.fuse_ir(enc_ir) + self.fuse_vis(enc_vis)))

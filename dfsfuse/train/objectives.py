@@ -164,7 +164,8 @@ class StudentObjective(nn.Module):
 
     def forward(self, batch: dict, teacher_out, seg_teacher_logits: Optional[Tensor],
                 segmenter: Optional[nn.Module], class_segmenter: Optional[nn.Module] = None) -> Dict[str, Tensor]:
-        out = self.student(batch["ir"], batch["vis_y"])
+        # vis_y_raw: the visible image as given, when the student brightens it itself (stages.py)
+        out = self.student(batch["ir"], batch.get("vis_y_raw", batch["vis_y"]))
         seg_student = segmenter(out.fused).logits if segmenter is not None and self.needs_segmenter else None
         labels = _labels_or_ignore(batch) if (self.distill.w_seg_ce or self.distill.w_seg_iou) else None
         seg_ce_logits = None

@@ -17,6 +17,7 @@ from ..determinism import use_deterministic_kernels
 from ..export import from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
+from ..ops import brighten_dark
 from ..run_layout import RunLayout
 from .config import FusionStageConfig, RunConfig
 from .data import build_train_dataset, collate_samples
@@ -210,7 +211,13 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     loader = _loader(cfg, cfg.student.batch_size, cfg.student)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
 
+    # A student that brightens dark visible images (student_fast's vis_tone) fuses the brightened
+    # image; the teacher's targets, the fusion losses and the segmenter see that image too.
+    vis_tone = float(getattr(student, "vis_tone", 0.0))
+
     def forward(batch: dict):
+        if vis_tone:
+            batch = {**batch, "vis_y": brighten_dark(batch["vis_y"], vis_tone), "vis_y_raw": batch["vis_y"]}
         with torch.no_grad(), accelerator.autocast():
             t_out = teacher(batch["ir"], batch["vis_y"])
             seg_t = segmenter(t_out.fused).logits if segmenter is not None else None
