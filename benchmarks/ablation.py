@@ -5,7 +5,7 @@ stage's ``loss.*`` weights — ``alone`` (own fusion loss only), ``output`` (+ o
 ``features`` (+ feature and wavelet sub-band KD), ``full`` (the distilled semantic loss) —
 through the recipe's own stage 2 (``dfsfuse.train.stages.distill_student``) from an exported
 teacher; each scored on held-out pairs (fidelity to the teacher, standard metrics, the teacher
-segmenter's mIoU on MSRS val, steps to 95% of the final fidelity gain). See ``dfsfuse/ablation.py``::
+segmenter's mIoU on MSRS val, steps to 95% of the final fidelity gain). See ``dfsfuse/ablation/``::
 
     OMP_NUM_THREADS=1 python benchmarks/ablation.py --teacher runs/msrs_cpu/teacher --threads 1          # fast CPU
     OMP_NUM_THREADS=1 python benchmarks/ablation.py --teacher runs/msrs_cpu/teacher --threads 1 --sizes  # per MAC

@@ -1,4 +1,4 @@
-"""The distillation ablation (dfsfuse/ablation.py, benchmarks/ablation.py): each variant switches
+"""The distillation ablation (dfsfuse/ablation/, benchmarks/ablation.py): each variant switches
 exactly the loss terms it names (read back from the run's log.jsonl), the definitions of the
 fidelity numbers, and the JSON schema of a tiny end-to-end ablation. No ../shared/data needed:
 a tiny teacher is built here, training uses synthetic scenes, held-out pairs are crops of the
