@@ -13,10 +13,11 @@ says what each scored). Each one keeps IR's *surroundings* of a warm target, not
 - ``darkhalo``: ``darkcold`` only near warm targets, weighted by
   ``clip(G₁₆ * relu(G₂ * ir − G₈ * ir) / 12, 0, 1)``;
 - ``gamma-rc`` / ``gamma-max``: the ``region-contrast`` rule / pixel ``max`` on a *brightened* visible
-  image, ``255·(vis/255)^γ`` with ``γ = clip(ln 0.4 / ln m, 0.35, 1)`` and ``m`` the image's mean
-  visible intensity in [0, 1] (a night image, mean ≈ 0.1, gets γ ≈ 0.4; a day image is left
-  alone): illumination-aware fusion (PIAFusion's idea) in its simplest form. Does a segmenter
-  learn MSRS's dark night scenes better when the visible half is not dark?
+  image (:func:`dfsfuse.baselines.brighten_dark`: ``255·(vis/255)^γ``, ``γ = clip(ln 0.4 / ln m, 0.35, 1)``,
+  ``m`` the image's mean visible intensity in [0, 1]; a night image, mean ≈ 0.1, gets γ ≈ 0.4, a day
+  image is left alone): illumination-aware fusion (PIAFusion's idea) in its simplest form. Does a
+  segmenter learn MSRS's dark night scenes better when the visible half is not dark? (``gamma-rc``
+  did, and became the ``gamma-contrast`` baseline.)
 
 G_σ: Gaussian blur of σ pixels, edge-replicated borders; images in [0, 255], fusions rounded to
 8 bits. Like the label oracle, the images are derived from MSRS pairs whose licence is unstated:
@@ -42,6 +43,8 @@ sys.path.insert(0, str(HERE.parent))
 from dfsfuse.atomic import atomic_path  # noqa: E402
 from dfsfuse.baselines import (  # noqa: E402
     _separable_blur,
+    brighten_dark,
+    gamma_contrast_fusion,
     gaussian_taps,
     laplacian_fusion,
     region_contrast_fusion,
@@ -76,18 +79,6 @@ def warm_halo(ir: np.ndarray, scale: float = 12.0) -> np.ndarray:
     return np.clip(_blur(warm_contrast_map(ir), 16.0) / scale, 0.0, 1.0)
 
 
-GAMMA_TARGET = 0.4
-"""Mean visible intensity (in [0, 1]) ``brighten`` aims at."""
-
-
-def brighten(vis: np.ndarray, target: float = GAMMA_TARGET) -> np.ndarray:
-    """``255·(vis/255)^γ`` with ``γ = clip(ln target / ln m, 0.35, 1)``, ``m`` = mean of ``vis/255``:
-    a dark image's mean is lifted toward ``target``; an image at or above it is returned unchanged."""
-    v = np.asarray(vis, np.float64) / 255.0
-    m = float(np.clip(v.mean(), 1e-3, 0.999))
-    return 255.0 * v ** float(np.clip(np.log(target) / np.log(m), 0.35, 1.0))
-
-
 RULES: Dict[str, Rule] = {
     "irbase4": lambda ir, vis: ir_base_fusion(ir, vis, 4),
     "irbase2": lambda ir, vis: ir_base_fusion(ir, vis, 2),
@@ -95,8 +86,8 @@ RULES: Dict[str, Rule] = {
     "darkcold05": lambda ir, vis: region_max_fusion(ir, vis) - 0.5 * cold_brightness(ir, vis),
     "rc-darkcold05": lambda ir, vis: region_contrast_fusion(ir, vis) - 0.5 * cold_brightness(ir, vis),
     "darkhalo": lambda ir, vis: region_max_fusion(ir, vis) - warm_halo(ir) * cold_brightness(ir, vis),
-    "gamma-rc": lambda ir, vis: region_contrast_fusion(ir, brighten(vis)),
-    "gamma-max": lambda ir, vis: np.maximum(ir, brighten(vis)),
+    "gamma-rc": gamma_contrast_fusion,  # = the gamma-contrast baseline, kept under the name session 24 measured
+    "gamma-max": lambda ir, vis: np.maximum(ir, brighten_dark(vis)),
 }
 
 

@@ -43,6 +43,12 @@ and a rule for segmenters rather than for the fusion metrics:
   head's rule with IR's warm blobs (without its pixel noise) added on top; the fixed-gain form of
   the ``region-contrast`` head, whose network learns *where* to add them. A milder trade than
   ``ir-contrast``: most of its segmentation gain at 900 steps for a third of its VIF cost.
+- ``gamma-contrast``: the ``region-contrast`` rule on a *brightened* visible image,
+  ``255·(vis/255)^γ`` with ``γ = clip(ln 0.4 / ln m, 0.35, 1)`` per image (:data:`GAMMA_TARGET`,
+  ``m`` the mean visible intensity in [0, 1]): night scenes (m ≈ 0.1) are lifted, day scenes left
+  alone (illumination-aware fusion in its simplest form). The best rule for a segmenter measured
+  here (900 steps: +0.010 mIoU over ``region-contrast`` in every seed, README, Semantic benchmark);
+  it gives up similarity to the dark visible image (SSIM, Q^AB/F) at night.
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ import numpy as np
 from .options import BASELINE_METHODS
 
 __all__ = ["BASELINE_METHODS", "CONTRAST_GAIN", "LAPLACIAN_LEVELS", "REGION_GAIN", "REGION_SIGMA", "REGION_WINDOW",
-           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "WARM_CONTRAST_SIGMAS", "REGION_CONTRAST_GAIN",
+           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "GAMMA_TARGET", "brighten_dark",
+           "gamma_contrast_fusion", "WARM_CONTRAST_SIGMAS", "REGION_CONTRAST_GAIN",
            "region_contrast_fusion", "warm_contrast_map", "baseline_fusion", "gaussian_taps",
            "ir_contrast_fusion", "laplacian_max_fusion", "poisson_fusion", "region_max_fusion", "region_taps"]
 
@@ -222,6 +229,26 @@ def region_contrast_fusion(ir: np.ndarray, vis: np.ndarray, gain: float = REGION
     return region_max_fusion(ir, vis) + gain * warm_contrast_map(ir)
 
 
+GAMMA_TARGET = 0.4
+"""Mean visible intensity (in [0, 1]) that ``gamma-contrast`` lifts a dark image toward."""
+GAMMA_MIN = 0.35
+"""Smallest gamma :func:`brighten_dark` applies (a nearly black image is not stretched without bound)."""
+
+
+def brighten_dark(vis: np.ndarray, target: float = GAMMA_TARGET) -> np.ndarray:
+    """Float H×W ``255·(vis/255)^γ``, ``γ = clip(ln target / ln m, GAMMA_MIN, 1)``, ``m`` = mean of
+    ``vis/255``: a dark image's mean lifted toward ``target``, an image at or above it unchanged (the numpy
+    twin of :func:`dfsfuse.ops.brighten_dark`, which a ``student_fast`` with ``vis_tone`` applies)."""
+    v = np.clip(np.asarray(vis, np.float64) / 255.0, 0.0, 1.0)
+    m = float(np.clip(v.mean(), 1e-3, 0.999))
+    return 255.0 * v ** float(np.clip(np.log(target) / np.log(m), GAMMA_MIN, 1.0))
+
+
+def gamma_contrast_fusion(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+    """Float H×W ``region-contrast`` rule of ``ir`` and :func:`brighten_dark` ``(vis)`` (module docstring)."""
+    return region_contrast_fusion(ir, brighten_dark(vis))
+
+
 def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:
     """Fuse two H×W grey images in [0, 255] with a fixed rule; returns H×W uint8.
 
@@ -254,6 +281,8 @@ def baseline_fusion(ir: np.ndarray, vis: np.ndarray, method: str) -> np.ndarray:
         fused = ir_contrast_fusion(a, b)
     elif method == "region-contrast":
         fused = region_contrast_fusion(a, b)
+    elif method == "gamma-contrast":
+        fused = gamma_contrast_fusion(a, b)
     elif method == "ir":
         fused = a
     else:

@@ -19,7 +19,7 @@ BENCH_DEFAULT_MODELS: Tuple[str, ...] = ("teacher", "student", "segmenter")
 """Models ``dfsfuse bench`` measures when ``--models`` is not given."""
 
 BASELINE_METHODS: Tuple[str, ...] = ("avg", "max", "ir", "vis", "max-gain", "poisson", "region-max", "laplacian",
-                                     "ir-contrast", "region-contrast")
+                                     "ir-contrast", "region-contrast", "gamma-contrast")
 """Every method :func:`dfsfuse.baselines.baseline_fusion` accepts."""
 
 STRETCH_MODES: Tuple[str, ...] = ("none", "minmax")

@@ -314,6 +314,31 @@ def test_region_contrast_rule_equals_region_max_on_flat_ir():
     np.testing.assert_array_equal(baseline_fusion(ir, vis, "region-contrast"), baseline_fusion(ir, vis, "region-max"))
 
 
+def test_gamma_contrast_rule_brightens_only_dark_visible_images_and_matches_the_model_op():
+    """gamma-contrast = region-contrast of IR and vis^γ (γ from the image mean, computed here by hand);
+    a day image is fused exactly like region-contrast; the numpy and torch brightenings agree."""
+    import numpy as np
+
+    from dfsfuse.baselines import baseline_fusion, region_contrast_fusion
+    from dfsfuse.ops import brighten_dark
+
+    rng = np.random.default_rng(5)
+    ir = rng.integers(0, 256, (40, 48)).astype(np.float64)
+    day = rng.integers(110, 256, (40, 48)).astype(np.float64)
+    np.testing.assert_array_equal(baseline_fusion(ir, day, "gamma-contrast"), baseline_fusion(ir, day, "region-contrast"))
+    night = np.round(day * 0.15)  # mean ≈ 0.11
+    gamma = np.log(0.4) / np.log(night.mean() / 255.0)
+    assert 0.35 < gamma < 0.5
+    expected = np.clip(np.round(region_contrast_fusion(ir, 255.0 * (night / 255.0) ** gamma)), 0, 255)
+    np.testing.assert_array_equal(baseline_fusion(ir, night, "gamma-contrast"), expected.astype(np.uint8))
+    cold = np.round(ir * 0.05)  # a cold scene: the visible image is what region-max keeps, brightened here
+    assert baseline_fusion(cold, night, "gamma-contrast").mean() > baseline_fusion(cold, night, "region-contrast").mean() + 40
+    from dfsfuse.baselines import brighten_dark as brighten_np
+
+    torch_version = brighten_dark(torch.from_numpy(night / 255.0)[None, None].float(), 0.4)[0, 0].double().numpy() * 255
+    np.testing.assert_allclose(torch_version, brighten_np(night), atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["student", "teacher"])
 def test_heads_are_a_kwarg_of_the_fusion_models(name):
     kwargs = {"dim": 8} if name == "teacher" else {"width": 4}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..baselines import IR_CONTRAST_GAIN, REGION_CONTRAST_GAIN, baseline_fusion
+from ..baselines import GAMMA_TARGET, IR_CONTRAST_GAIN, REGION_CONTRAST_GAIN, baseline_fusion
 from ..data.errors import DatasetError
 from ..data.transforms import resize_image
 from .data import LabelledSplit, to_u8
@@ -41,7 +41,9 @@ class InputKind:
                     "laplacian": "Laplacian-pyramid max (dfsfuse.baselines)",
                     "ir-contrast": f"vis + {IR_CONTRAST_GAIN:g} relu(ir - G * ir) (dfsfuse.baselines)",
                     "region-contrast": f"region-max + {REGION_CONTRAST_GAIN:g} relu(G2 * ir - G8 * ir) "
-                                       "(dfsfuse.baselines)"}[self.rule]
+                                       "(dfsfuse.baselines)",
+                    "gamma-contrast": f"region-contrast of ir and vis^gamma, the gamma lifting a dark image's "
+                                      f"mean toward {GAMMA_TARGET:g} (dfsfuse.baselines)"}[self.rule]
         return self.source
 
 

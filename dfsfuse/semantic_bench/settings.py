@@ -17,10 +17,10 @@ __all__ = ["Size", "IGNORE_INDEX", "BUILTIN_KINDS", "DEFAULT_KINDS", "RULE_KINDS
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
 BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
-                                  "region-contrast", "teacher", "student", "semantic-teacher", "semantic-student")
+                                  "region-contrast", "gamma-contrast", "teacher", "student", "semantic-teacher", "semantic-student")
 DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
 RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
-                               "region-contrast")
+                               "region-contrast", "gamma-contrast")
 # MFNet / RTFNet colours of the 9 MSRS classes (RGB).
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192),
