@@ -60,7 +60,7 @@ import numpy as np
 from .options import BASELINE_METHODS
 
 __all__ = ["BASELINE_METHODS", "CONTRAST_GAIN", "LAPLACIAN_LEVELS", "REGION_GAIN", "REGION_SIGMA", "REGION_WINDOW",
-           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "GAMMA_TARGET", "brighten_dark",
+           "IR_CONTRAST_GAIN", "IR_CONTRAST_SIGMA_FRACTION", "GAMMA_MIN", "GAMMA_TARGET", "brighten_dark",
            "gamma_contrast_fusion", "WARM_CONTRAST_SIGMAS", "REGION_CONTRAST_GAIN",
            "region_contrast_fusion", "warm_contrast_map", "baseline_fusion", "gaussian_taps",
            "ir_contrast_fusion", "laplacian_max_fusion", "poisson_fusion", "region_max_fusion", "region_taps"]
@@ -238,7 +238,7 @@ GAMMA_MIN = 0.35
 def brighten_dark(vis: np.ndarray, target: float = GAMMA_TARGET) -> np.ndarray:
     """Float H×W ``255·(vis/255)^γ``, ``γ = clip(ln target / ln m, GAMMA_MIN, 1)``, ``m`` = mean of
     ``vis/255``: a dark image's mean lifted toward ``target``, an image at or above it unchanged (the numpy
-    twin of :func:`dfsfuse.ops.brighten_dark`, which a ``student_fast`` with ``vis_tone`` applies)."""
+    twin of :func:`dfsfuse.models.blocks.brighten_dark`, which a ``student_fast`` with ``vis_tone`` applies)."""
     v = np.clip(np.asarray(vis, np.float64) / 255.0, 0.0, 1.0)
     m = float(np.clip(v.mean(), 1e-3, 0.999))
     return 255.0 * v ** float(np.clip(np.log(target) / np.log(m), GAMMA_MIN, 1.0))

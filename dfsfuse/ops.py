@@ -190,16 +190,3 @@ def upsample_bilinear(x: Tensor, size: tuple[int, int] | torch.Size | None = Non
     # size passes through untouched: while tracing it is symbolic, and int() would bake one size into the graph
     return F.interpolate(x, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=False)
 
-
-def brighten_dark(vis_y: Tensor, target: float, min_gamma: float = 0.35) -> Tensor:
-    """Lift a dark image's mean intensity toward ``target`` with one gamma per image.
-
-    ``vis^γ`` with ``γ = clip(ln target / ln m, min_gamma, 1)`` and ``m`` the mean of each B×C×H×W
-    image in [0, 1]: a night image (m ≈ 0.1) gets γ ≈ 0.4, an image at or above ``target`` is returned
-    unchanged (γ = 1). Order-preserving per image, so no structure is lost; the simplest form of an
-    illumination-aware fusion's input (benchmarks/probe_rules.py ``gamma-rc``). No gradient reaches
-    ``vis_y`` (an input); ONNX-exportable (ReduceMean, Log, Div, Clip, Pow).
-    """
-    mean = vis_y.float().mean(dim=(-3, -2, -1), keepdim=True).clamp(1e-3, 0.999)
-    gamma = (torch.log(torch.tensor(target, dtype=mean.dtype, device=mean.device)) / mean.log()).clamp(min_gamma, 1.0)
-    return vis_y.float().clamp(0.0, 1.0).pow(gamma).to(vis_y.dtype)

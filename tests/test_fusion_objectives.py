@@ -314,13 +314,14 @@ def test_region_contrast_rule_equals_region_max_on_flat_ir():
     np.testing.assert_array_equal(baseline_fusion(ir, vis, "region-contrast"), baseline_fusion(ir, vis, "region-max"))
 
 
-def test_gamma_contrast_rule_brightens_only_dark_visible_images_and_matches_the_model_op():
+def test_gamma_contrast_rule_brightens_only_dark_visible_images_and_matches_the_model_twin():
     """gamma-contrast = region-contrast of IR and vis^γ (γ from the image mean, computed here by hand);
-    a day image is fused exactly like region-contrast; the numpy and torch brightenings agree."""
+    a day image is fused exactly like region-contrast; the brightening keeps the pixel order and lifts a dim
+    image's mean close to the target; the numpy and torch brightenings agree."""
     import numpy as np
 
     from dfsfuse.baselines import baseline_fusion, region_contrast_fusion
-    from dfsfuse.ops import brighten_dark
+    from dfsfuse.models.blocks import brighten_dark
 
     rng = np.random.default_rng(5)
     ir = rng.integers(0, 256, (40, 48)).astype(np.float64)
@@ -335,6 +336,13 @@ def test_gamma_contrast_rule_brightens_only_dark_visible_images_and_matches_the_
     assert baseline_fusion(cold, night, "gamma-contrast").mean() > baseline_fusion(cold, night, "region-contrast").mean() + 40
     from dfsfuse.baselines import brighten_dark as brighten_np
 
+    smooth_day = rng.uniform(60, 255, (40, 48))  # mean above the target: left alone
+    assert np.allclose(brighten_np(smooth_day), smooth_day)
+    dim = 0.25 * smooth_day  # mean ≈ 0.16: γ = ln 0.4 / ln m lifts the mean close to 0.4, order kept
+    lifted = brighten_np(dim)
+    assert np.allclose(lifted, 255 * (dim / 255) ** (np.log(0.4) / np.log(dim.mean() / 255)))
+    assert 0.33 < lifted.mean() / 255 < 0.42
+    assert np.array_equal(np.argsort(lifted.ravel(), kind="stable"), np.argsort(dim.ravel(), kind="stable"))
     torch_version = brighten_dark(torch.from_numpy(night / 255.0)[None, None].float(), 0.4)[0, 0].double().numpy() * 255
     np.testing.assert_allclose(torch_version, brighten_np(night), atol=1e-3)
 

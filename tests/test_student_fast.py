@@ -264,7 +264,7 @@ def test_stage_two_objective_gives_a_toning_student_the_raw_image_and_the_losses
     """stages.py hands StudentObjective ``vis_y`` brightened (for the losses) and ``vis_y_raw`` as given:
     the student must fuse the raw image (it brightens it itself), the fusion loss must see the
     brightened one, so the loss equals an independent computation on exactly those tensors."""
-    from dfsfuse.ops import brighten_dark
+    from dfsfuse.models.blocks import brighten_dark
     from dfsfuse.train.config import load_config
     from dfsfuse.train.objectives import StudentObjective
 

@@ -11,7 +11,8 @@ from einops import rearrange
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import Tensor, nn
 
-from ..baselines import REGION_CONTRAST_GAIN, REGION_GAIN, WARM_CONTRAST_SIGMAS, gaussian_taps, region_taps
+from ..baselines import (GAMMA_MIN, GAMMA_TARGET, REGION_CONTRAST_GAIN, REGION_GAIN, WARM_CONTRAST_SIGMAS,
+                         gaussian_taps, region_taps)
 from ..ops import upsample_bilinear
 from ..wavelets import DWTForward, DWTInverse
 
@@ -102,6 +103,20 @@ def warm_contrast(ir: Tensor) -> Tensor:
     Gaussian removes pixel noise); the direction the ``region-contrast`` head adds along."""
     fine, coarse = (_blur_along(_blur_along(ir, -2, taps), -1, taps) for taps in _WARM_TAPS)
     return (fine - coarse).clamp(min=0.0)
+
+
+def brighten_dark(vis_y: Tensor, target: float = GAMMA_TARGET) -> Tensor:
+    """Lift a dark image's mean intensity toward ``target`` with one gamma per image: the torch twin of
+    :func:`dfsfuse.baselines.brighten_dark` (``gamma-contrast``'s brightening), for ``student_fast``'s ``vis_tone``.
+
+    ``vis^γ`` with ``γ = clip(ln target / ln m, GAMMA_MIN, 1)`` and ``m`` the mean of each B×C×H×W
+    image in [0, 1]: a night image (m ≈ 0.1) gets γ ≈ 0.4, an image at or above ``target`` is returned
+    unchanged (γ = 1). Order-preserving per image, so no structure is lost. No gradient reaches
+    ``vis_y`` (an input); ONNX-exportable (ReduceMean, Log, Div, Clip, Pow).
+    """
+    mean = vis_y.float().mean(dim=(-3, -2, -1), keepdim=True).clamp(1e-3, 0.999)
+    gamma = (torch.log(torch.tensor(target, dtype=mean.dtype, device=mean.device)) / mean.log()).clamp(GAMMA_MIN, 1.0)
+    return vis_y.float().clamp(0.0, 1.0).pow(gamma).to(vis_y.dtype)
 
 
 def region_logits(ir: Tensor, vis_y: Tensor) -> Tensor:

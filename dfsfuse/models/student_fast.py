@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import brighten_dark, upsample_bilinear
-from .blocks import HEADS, fused_from_head, head_channels
+from ..ops import upsample_bilinear
+from .blocks import HEADS, brighten_dark, fused_from_head, head_channels
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
@@ -159,7 +159,7 @@ class StudentFast(FusionModel):
             load models exported with it, prone to a fixed scale×scale pattern).
         vis_tone: 0 (default) fuses the visible luminance as given; a target in (0, 1) first lifts a
             dark visible image's mean toward it with one gamma per image
-            (:func:`~dfsfuse.ops.brighten_dark`), so night scenes reach the network and its output
+            (:func:`~dfsfuse.models.blocks.brighten_dark`), so night scenes reach the network and its output
             rule brightened; stage 2 then gives the teacher and the losses the same brightened image.
     """
 

@@ -17,7 +17,7 @@ from ..determinism import use_deterministic_kernels
 from ..export import from_pretrained, save_pretrained
 from ..losses import DynamicWeights
 from ..models import create_model, model_kind
-from ..ops import brighten_dark
+from ..models.blocks import brighten_dark
 from ..run_layout import RunLayout
 from .config import FusionStageConfig, RunConfig
 from .data import build_train_dataset, collate_samples
