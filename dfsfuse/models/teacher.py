@@ -29,6 +29,7 @@ from .blocks import (
     DualBranchBlock,
     FusionHead,
     Upsample,
+    brighten_dark,
     crop_to,
     pad_to_multiple,
 )
@@ -48,6 +49,10 @@ class Teacher(FusionModel):
         wave: ``pytorch_wavelets`` wavelet name of the frequency branches.
         drop_path: stochastic-depth rate of every transformer block.
         head: output head, ``"region"`` (default), ``"blend"`` or ``"residual"`` (see :class:`FusionHead`).
+        vis_tone: 0 (default) fuses the visible luminance as given; a target in (0, 1) first lifts a
+            dark visible image's mean toward it (:func:`~dfsfuse.models.blocks.brighten_dark`), as
+            ``student_fast``'s ``vis_tone``; stage 1 then gives the losses and the segmenter the same
+            brightened image, so a teacher trained this way fuses raw pairs the way it was trained.
     """
 
     stride = 8
@@ -61,9 +66,13 @@ class Teacher(FusionModel):
         wave: str = "haar",
         drop_path: float = 0.0,
         head: str = "region",
+        vis_tone: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= vis_tone < 1.0:
+            raise ValueError(f"vis_tone must be 0 (off) or a target mean in (0, 1), got {vis_tone}")
         self.dim = dim
+        self.vis_tone = float(vis_tone)
 
         def block(width: int, level: int) -> DualBranchBlock:
             return DualBranchBlock(width, heads * 2**level, mlp_ratio, wave, drop_path)
@@ -95,6 +104,8 @@ class Teacher(FusionModel):
     def forward(self, ir: Tensor, vis_y: Tensor) -> FusionOutput:
         """Fuse B×1×H×W ``ir`` and ``vis_y`` in [0, 1]; features are cropped to H×W."""
         height, width = ir.shape[-2:]
+        if self.vis_tone:
+            vis_y = brighten_dark(vis_y, self.vis_tone)
         enc_ir = self.encoder_ir(self.embed_ir(pad_to_multiple(ir, self.stride)))
         enc_vis = self.encoder_vis(self.embed_vis(pad_to_multiple(vis_y, self.stride)))
 

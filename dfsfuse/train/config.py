@@ -264,6 +264,9 @@ class RunConfig:
                 raise ConfigError(f"model.student_export_head={export_head!r}: a student trained with head {trained!r} "
                                   f"cannot be exported with it; supported: "
                                   f"{', '.join(f'{a} -> {b}' for a, b in HEAD_CONVERSIONS)}")
+        if self.model.teacher_kwargs.get("vis_tone") and self.stage1_mode == "ssvif":
+            raise ConfigError("model.teacher_kwargs.vis_tone: a teacher that brightens its visible input trains "
+                              "with train.stage1=fusion_seg, not ssvif (its losses see the brightened image)")
         mode, weight = self.train.stage1, self.loss.consistency
         if mode is None:
             return

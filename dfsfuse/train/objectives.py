@@ -92,7 +92,8 @@ class TeacherObjective(nn.Module):
         return self
 
     def forward(self, batch: dict) -> Dict[str, Tensor]:
-        out = self.fusion(batch["ir"], batch["vis_y"])
+        # vis_y_raw: the visible image as given, when the network brightens it itself (stages.py)
+        out = self.fusion(batch["ir"], batch.get("vis_y_raw", batch["vis_y"]))
         terms = self.fusion_loss(out.fused, batch["ir"], batch["vis_y"])
         terms.update(auxiliary_terms(self.fusion, out, batch))
         if self.segmenter is not None:

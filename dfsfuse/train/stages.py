@@ -105,12 +105,22 @@ def _optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def toned_batch(batch: dict, vis_tone: float) -> dict:
+    """``batch`` as a network with ``vis_tone`` sees it: ``vis_y`` brightened (for the losses, the
+    segmenter and any network that does not brighten itself) and the original kept as ``vis_y_raw``
+    (for the network, which brightens it itself); ``batch`` unchanged when ``vis_tone`` is 0."""
+    if not vis_tone:
+        return batch
+    return {**batch, "vis_y": brighten_dark(batch["vis_y"], vis_tone), "vis_y_raw": batch["vis_y"]}
+
+
 def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, segmenter: nn.Module,
                   run_dir: Path, resume: bool = False) -> StageResult:
     """Stage 1: teacher and segmenter trained on the fusion loss + segmentation CE (``train.stage1=fusion_seg``)
     or label-free SSVIF cross-segmentation consistency (``ssvif``); exported to the run's ``teacher/``."""
     set_seed(cfg.train.seed, device_specific=True)
     ssvif = cfg.stage1_mode == "ssvif"  # label-free SSVIF training instead of segmentation CE
+    vis_tone = float(getattr(teacher, "vis_tone", 0.0))  # config validation refuses it with ssvif
     if ssvif:
         objective = SSVIFObjective.from_config(teacher, segmenter, cfg.loss)
         dynamic = ssvif_dynamic_weights(cfg.loss)
@@ -120,9 +130,13 @@ def train_teacher(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module, 
     optimizer = _optimizer(objective, cfg.teacher.lr, cfg.teacher.weight_decay)
     loader = _loader(cfg, cfg.teacher.batch_size, cfg.teacher)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    # A teacher that brightens dark visible images (its vis_tone) is trained on the brightened image:
+    # the fusion losses and the segmenter see it, the teacher gets the raw one and brightens it itself.
+    forward = (lambda batch: objective(toned_batch(batch, vis_tone))) if vis_tone else None
     result = train_stage(accelerator, "teacher", objective, optimizer, loader, cfg.teacher,
                          cfg.stage_steps("teacher"), cfg.train, RunLayout(run_dir).checkpoints("teacher"),
-                         resume=resume, dynamic=dynamic, on_step=accelerator.unwrap_model(objective).set_step if ssvif else None)
+                         resume=resume, dynamic=dynamic, forward=forward,
+                         on_step=accelerator.unwrap_model(objective).set_step if ssvif else None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         export_teacher(accelerator.unwrap_model(objective), RunLayout(run_dir).teacher, cfg, result)
@@ -212,14 +226,15 @@ def distill_student(accelerator: Accelerator, cfg: RunConfig, teacher: nn.Module
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
 
     # A student that brightens dark visible images (student_fast's vis_tone) fuses the brightened
-    # image; the teacher's targets, the fusion losses and the segmenter see that image too.
+    # image; the teacher's targets, the fusion losses and the segmenter see that image too. A teacher
+    # that brightens itself (trained with its own vis_tone) gets the raw image, as in stage 1.
     vis_tone = float(getattr(student, "vis_tone", 0.0))
+    teacher_tones = bool(getattr(teacher, "vis_tone", 0.0))
 
     def forward(batch: dict):
-        if vis_tone:
-            batch = {**batch, "vis_y": brighten_dark(batch["vis_y"], vis_tone), "vis_y_raw": batch["vis_y"]}
+        batch = toned_batch(batch, vis_tone)
         with torch.no_grad(), accelerator.autocast():
-            t_out = teacher(batch["ir"], batch["vis_y"])
+            t_out = teacher(batch["ir"], batch["vis_y_raw"] if teacher_tones and vis_tone else batch["vis_y"])
             seg_t = segmenter(t_out.fused).logits if segmenter is not None else None
         return objective(batch, t_out, seg_t, segmenter, class_segmenter)
 
