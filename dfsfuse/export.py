@@ -32,6 +32,11 @@ SHIPPED_SEMANTIC = SHIPPED_STUDENT.with_name("semantic")
 (float16), ``student/`` and ``segmenter/`` (float16), both fusion networks with the
 ``region-contrast`` head; fusions that help a segmenter more than IR, VIS or ``max`` (README,
 Semantic benchmark) at a cost in VIF and Q^AB/F."""
+SHIPPED_SEMANTIC_TONE = SHIPPED_STUDENT.with_name("semantic_tone")
+"""The segmentation-friendly set trained with the night brightened (``recipes/configs/msrs_semantic_tone_cpu.yaml``):
+``teacher/``, ``student/`` (both with ``vis_tone`` 0.4: they lift a dark visible image's mean before
+fusing it) and ``segmenter/`` (float16, pre-trained on ``gamma-contrast`` fusions); the fusion that helps a
+segmenter most (README, Semantic benchmark), at a larger cost in VIF than ``semantic``."""
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

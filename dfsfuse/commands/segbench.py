@@ -18,7 +18,8 @@ from ..cpus import available_cpus
 # Torch-free copies of dfsfuse.semantic_bench's constants: building parsers must not import torch
 # (``dfsfuse --help`` stays fast); tests/test_semantic_bench.py checks they agree.
 BUILTIN_KINDS = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast", "region-contrast", "gamma-contrast",
-                 "teacher", "student", "semantic-teacher", "semantic-student")
+                 "teacher", "student", "semantic-teacher", "semantic-student",
+                 "tone-teacher", "tone-student")
 DEFAULT_KINDS = ("ir", "vis", "avg", "max", "teacher", "student")
 SEG_LOSS_CHOICES = ("weighted", "ohem", "plain")
 

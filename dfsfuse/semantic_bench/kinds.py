@@ -154,7 +154,9 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
 
     ``teacher`` / ``student`` default to the shipped ``dfsfuse/assets/teacher`` and ``.../student``;
     ``semantic-teacher`` / ``semantic-student`` are the shipped segmentation-friendly pair in
-    ``dfsfuse/assets/semantic`` (:data:`dfsfuse.export.SHIPPED_SEMANTIC`). A built-in model kind
+    ``dfsfuse/assets/semantic`` (:data:`dfsfuse.export.SHIPPED_SEMANTIC`), ``tone-teacher`` / ``tone-student``
+    the pair trained with the night brightened, ``dfsfuse/assets/semantic_tone``
+    (:data:`dfsfuse.export.SHIPPED_SEMANTIC_TONE`). A built-in model kind
     whose default folder does not exist is skipped (not an error). A folder given explicitly
     (``teacher``, ``student``, ``models``, ``fused``) must exist.
     """
@@ -163,7 +165,9 @@ def resolve_kinds(builtins: Sequence[str] = DEFAULT_KINDS, teacher: Optional[os.
     paths = {"teacher": Path(teacher) if teacher else package_asset("teacher"),
              "student": Path(student) if student else package_asset("student"),
              "semantic-teacher": package_asset("semantic/teacher"),
-             "semantic-student": package_asset("semantic/student")}
+             "semantic-student": package_asset("semantic/student"),
+             "tone-teacher": package_asset("semantic_tone/teacher"),
+             "tone-student": package_asset("semantic_tone/student")}
     for name in builtins:
         if name in RULE_KINDS:
             kinds.append(InputKind(name, rule=name))

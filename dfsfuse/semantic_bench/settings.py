@@ -17,7 +17,8 @@ __all__ = ["Size", "IGNORE_INDEX", "BUILTIN_KINDS", "DEFAULT_KINDS", "RULE_KINDS
 Size = Tuple[int, int]
 IGNORE_INDEX = 255
 BUILTIN_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
-                                  "region-contrast", "gamma-contrast", "teacher", "student", "semantic-teacher", "semantic-student")
+                                  "region-contrast", "gamma-contrast", "teacher", "student", "semantic-teacher", "semantic-student",
+                                  "tone-teacher", "tone-student")
 DEFAULT_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "teacher", "student")
 RULE_KINDS: Tuple[str, ...] = ("ir", "vis", "avg", "max", "region-max", "laplacian", "ir-contrast",
                                "region-contrast", "gamma-contrast")
