@@ -107,7 +107,8 @@ def warm_contrast(ir: Tensor) -> Tensor:
 
 def brighten_dark(vis_y: Tensor, target: float = GAMMA_TARGET) -> Tensor:
     """Lift a dark image's mean intensity toward ``target`` with one gamma per image: the torch twin of
-    :func:`dfsfuse.baselines.brighten_dark` (``gamma-contrast``'s brightening), for ``student_fast``'s ``vis_tone``.
+    :func:`dfsfuse.baselines.brighten_dark` (``gamma-contrast``'s brightening), for the ``vis_tone`` of
+    ``student_fast`` and ``teacher``.
 
     ``vis^γ`` with ``γ = clip(ln target / ln m, GAMMA_MIN, 1)`` and ``m`` the mean of each B×C×H×W
     image in [0, 1]: a night image (m ≈ 0.1) gets γ ≈ 0.4, an image at or above ``target`` is returned
@@ -117,6 +118,14 @@ def brighten_dark(vis_y: Tensor, target: float = GAMMA_TARGET) -> Tensor:
     mean = vis_y.float().mean(dim=(-3, -2, -1), keepdim=True).clamp(1e-3, 0.999)
     gamma = (torch.log(torch.tensor(target, dtype=mean.dtype, device=mean.device)) / mean.log()).clamp(GAMMA_MIN, 1.0)
     return vis_y.float().clamp(0.0, 1.0).pow(gamma).to(vis_y.dtype)
+
+
+def vis_tone_target(vis_tone: float) -> float:
+    """A fusion network's validated ``vis_tone``: 0 (off) or the target mean in (0, 1) that
+    :func:`brighten_dark` lifts a dark visible input toward; ``ValueError`` otherwise."""
+    if not 0.0 <= vis_tone < 1.0:
+        raise ValueError(f"vis_tone must be 0 (off) or a target mean in (0, 1), got {vis_tone}")
+    return float(vis_tone)
 
 
 def region_logits(ir: Tensor, vis_y: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import upsample_bilinear
-from .blocks import HEADS, brighten_dark, fused_from_head, head_channels
+from .blocks import HEADS, brighten_dark, fused_from_head, head_channels, vis_tone_target
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
 
@@ -172,9 +172,7 @@ class StudentFast(FusionModel):
             raise ValueError(f"upsample must be one of {UPSAMPLES}, got {upsample!r}")
         if scale < 1 or width < 1:
             raise ValueError(f"scale and width must be positive, got scale={scale}, width={width}")
-        if not 0.0 <= vis_tone < 1.0:
-            raise ValueError(f"vis_tone must be 0 (off) or a target mean in (0, 1), got {vis_tone}")
-        self.vis_tone = float(vis_tone)
+        self.vis_tone = vis_tone_target(vis_tone)
         self.width, self.scale, self.head_kind, self.upsample = width, scale, head, upsample
         self.feature_stride = scale
         self.encoder_ir = _Encoder(width, scale)

@@ -32,6 +32,7 @@ from .blocks import (
     brighten_dark,
     crop_to,
     pad_to_multiple,
+    vis_tone_target,
 )
 from .outputs import FusionModel, FusionOutput
 from .registry import register_model
@@ -69,10 +70,8 @@ class Teacher(FusionModel):
         vis_tone: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= vis_tone < 1.0:
-            raise ValueError(f"vis_tone must be 0 (off) or a target mean in (0, 1), got {vis_tone}")
         self.dim = dim
-        self.vis_tone = float(vis_tone)
+        self.vis_tone = vis_tone_target(vis_tone)
 
         def block(width: int, level: int) -> DualBranchBlock:
             return DualBranchBlock(width, heads * 2**level, mlp_ratio, wave, drop_path)
